@@ -1,0 +1,327 @@
+"""Every valid combination: rendered, checked statically, installed, linted, type-checked, and
+its own test suite run against its real database (and a real Celery worker on real Redis).
+
+All tests of one combination share one rendering and one virtual environment, and run on one
+xdist worker (`--dist loadgroup`).
+"""
+
+from __future__ import annotations
+
+import ast
+import os
+import re
+import subprocess
+import sys
+import tomllib
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tests.combinations import COMBINATIONS, Combination, render
+
+SLUG = "inventory"
+JINJA_LEFTOVER = re.compile(r"\{\{|\{%|%\}|\{#")
+COMMAND_TIMEOUT = 600
+
+
+def answers_for(combination: Combination) -> dict[str, object]:
+    """Non-default pool answers, so the tests see them wired through; a fixed worker count for
+    the Celery combinations and the CPU-derived one for the others."""
+    return {
+        **combination.data,
+        "project_name": "Inventory",
+        "project_slug": SLUG,
+        "pool_size": 3,
+        "max_overflow": 4,
+        "pool_timeout": 12.5,
+        "pool_recycle": 900,
+        "workers": 3 if combination.task_queue == "celery" else 0,
+    }
+
+
+_rendered: dict[str, Path] = {}
+_installed: set[str] = set()
+
+
+@pytest.fixture
+def combination(request: pytest.FixtureRequest) -> Combination:
+    """Set by `combination_param` on each test."""
+    combination: Combination = request.param
+    return combination
+
+
+@pytest.fixture
+def project(combination: Combination, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The combination rendered once for this worker process."""
+    if combination.id not in _rendered:
+        dst = tmp_path_factory.mktemp(combination.id) / "project"
+        _rendered[combination.id] = render(dst, answers_for(combination))
+    return _rendered[combination.id]
+
+
+def run(command: list[str], cwd: Path, env: dict[str, str] | None = None) -> str:
+    """Run a command; on failure, fail the test with its whole output."""
+    result = subprocess.run(
+        command,
+        cwd=cwd,
+        env={**os.environ, **(env or {})},
+        capture_output=True,
+        text=True,
+        timeout=COMMAND_TIMEOUT,
+    )
+    output = result.stdout + result.stderr
+    if result.returncode != 0:
+        pytest.fail(f"`{' '.join(command)}` exited with {result.returncode}:\n{output}")
+    return output
+
+
+def project_env() -> dict[str, str]:
+    """The project's tools must not see this repository's virtual environment."""
+    return {"VIRTUAL_ENV": "", "UV_PROJECT_ENVIRONMENT": ""}
+
+
+@pytest.fixture
+def venv(project: Path, combination: Combination) -> Path:
+    """The project installed with `uv sync` from its own pyproject, once per worker."""
+    if combination.id not in _installed:
+        run(["uv", "sync", "--python", sys.executable], project, project_env())
+        _installed.add(combination.id)
+    return project / ".venv"
+
+
+def python_files(project: Path) -> list[Path]:
+    return sorted(project.rglob("*.py"))
+
+
+COMBINATION_PARAMS = [
+    pytest.param(c, id=c.id, marks=pytest.mark.xdist_group(c.id)) for c in COMBINATIONS
+]
+combination_param = pytest.mark.parametrize("combination", COMBINATION_PARAMS, indirect=True)
+
+
+# --- rendering -------------------------------------------------------------------------------
+
+
+@combination_param
+def test_no_template_syntax_is_left(project: Path) -> None:
+    leftovers = [
+        f"{path.relative_to(project)}:{number}: {line.strip()}"
+        for path in project.rglob("*")
+        if path.is_file() and ".git" not in path.parts
+        for number, line in enumerate(path.read_text().splitlines(), 1)
+        if JINJA_LEFTOVER.search(line)
+    ]
+    assert not leftovers, "\n".join(leftovers)
+    assert not list(project.rglob("*.jinja"))
+
+
+@combination_param
+def test_answers_file_is_written(project: Path, combination: Combination) -> None:
+    answers = yaml.safe_load((project / ".copier-answers.yml").read_text())
+    assert answers["_src_path"]
+    expected = answers_for(combination)
+    for question, value in expected.items():
+        assert answers[question] == value, question
+    if combination.task_queue == "celery":
+        assert answers["celery_broker"] == "redis"
+    else:
+        assert "celery_broker" not in answers
+
+
+@combination_param
+def test_files_match_the_combination(project: Path, combination: Combination) -> None:
+    package = project / "src" / SLUG
+    assert (package / "worker.py").exists() == (combination.task_queue == "celery")
+    for name in ("main.py", "settings.py", "db.py", "models.py", "schemas.py", "jobs.py"):
+        assert (package / name).is_file(), name
+    for name in ("items.py", "jobs.py", "health.py"):
+        assert (package / "routes" / name).is_file(), name
+    for name in ("pyproject.toml", "README.md", "gunicorn.conf.py", ".env.example", ".gitignore"):
+        assert (project / name).is_file(), name
+
+
+def dependency_names(project: Path) -> set[str]:
+    pyproject = tomllib.loads((project / "pyproject.toml").read_text())
+    names = set()
+    for requirement in pyproject["project"]["dependencies"]:
+        match = re.match(r"[A-Za-z0-9_.-]+(\[[a-z,]+\])?", requirement)
+        assert match, requirement
+        names.add(match.group(0).lower())
+    return names
+
+
+@combination_param
+def test_dependencies_are_exactly_what_the_combination_needs(
+    project: Path, combination: Combination
+) -> None:
+    expected = {"fastapi", "pydantic-settings", "uvicorn[standard]", "gunicorn", "uvicorn-worker"}
+    if combination.orm == "tortoise":
+        postgresql = combination.database == "postgresql"
+        expected.add("tortoise-orm[asyncpg]" if postgresql else "tortoise-orm")
+    elif combination.is_async:
+        expected.add("sqlalchemy[asyncio]")
+        expected.add("asyncpg" if combination.database == "postgresql" else "aiosqlite")
+    else:
+        expected.add("sqlalchemy")
+        if combination.database == "postgresql":
+            expected.add("psycopg[binary]")
+    if combination.task_queue == "celery":
+        expected.add("celery[redis]")
+    assert dependency_names(project) == expected
+
+
+def functions(path: Path) -> list[ast.FunctionDef | ast.AsyncFunctionDef]:
+    tree = ast.parse(path.read_text(), filename=str(path))
+    return [n for n in ast.walk(tree) if isinstance(n, ast.FunctionDef | ast.AsyncFunctionDef)]
+
+
+def is_route(function: ast.FunctionDef | ast.AsyncFunctionDef) -> bool:
+    return any(
+        isinstance(d, ast.Call)
+        and isinstance(d.func, ast.Attribute)
+        and isinstance(d.func.value, ast.Name)
+        and d.func.value.id == "router"
+        for d in function.decorator_list
+    )
+
+
+def uses_database(function: ast.FunctionDef | ast.AsyncFunctionDef, orm: str) -> bool:
+    """Whether a handler or dependency reaches the database."""
+    if orm == "tortoise":
+        source = ast.unparse(function)
+        return any(name in source for name in ("Item", "Job", "ping("))
+    names = {a.arg for a in function.args.args} | {
+        ast.unparse(a.annotation) for a in function.args.args if a.annotation is not None
+    }
+    return bool(names & {"session", "SessionDep", "session_factory", "SessionFactoryDep"})
+
+
+@combination_param
+def test_route_style_matches_the_driver(project: Path, combination: Combination) -> None:
+    """async mode: every handler and DB dependency is `async def`; sync mode: those touching the
+    database are plain `def` (FastAPI runs them in its thread pool)."""
+    package = project / "src" / SLUG
+    routes = [f for path in sorted((package / "routes").glob("*.py")) for f in functions(path)]
+    handlers = [f for f in routes if is_route(f)]
+    assert len(handlers) == 9, [f.name for f in handlers]
+    db_functions = [f for f in functions(package / "db.py") if f.name.startswith("get_")]
+    database_code = [f for f in routes + db_functions if uses_database(f, combination.orm)]
+    assert len(database_code) >= 8
+    if combination.is_async:
+        wrong = [f.name for f in routes + db_functions if not isinstance(f, ast.AsyncFunctionDef)]
+    else:
+        wrong = [f.name for f in database_code if isinstance(f, ast.AsyncFunctionDef)]
+    assert not wrong, f"{combination.db_mode} mode, but these are not: {wrong}"
+
+
+BLOCKING_CALLS = {
+    "apply_async",
+    "commit",
+    "create_all",
+    "delay",
+    "delete",
+    "dispose",
+    "execute",
+    "flush",
+    "get",
+    "refresh",
+    "rollback",
+    "run_sync",
+    "save",
+    "scalar",
+    "scalars",
+    "sleep",
+}
+
+# Receivers whose `get` is a lookup, not I/O.
+NOT_IO = {"connections", "os.environ"}
+
+
+@combination_param
+def test_no_blocking_call_inside_async_def(project: Path) -> None:
+    """Inside every `async def`, a call that may do I/O is awaited (or handed to a thread)."""
+    offences = []
+    for path in python_files(project / "src"):
+        for function in functions(path):
+            if not isinstance(function, ast.AsyncFunctionDef):
+                continue
+            body = [node for statement in function.body for node in ast.walk(statement)]
+            awaited = {id(n.value) for n in body if isinstance(n, ast.Await)}
+            for call in body:
+                if (
+                    isinstance(call, ast.Call)
+                    and isinstance(call.func, ast.Attribute)
+                    and call.func.attr in BLOCKING_CALLS
+                    and id(call) not in awaited
+                    and ast.unparse(call.func.value) not in NOT_IO
+                ):
+                    offences.append(f"{path.name}:{call.lineno} {ast.unparse(call)}")
+    assert not offences, offences
+
+
+def load_gunicorn_config(project: Path, env: dict[str, str]) -> dict[str, object]:
+    code = (project / "gunicorn.conf.py").read_text()
+    namespace: dict[str, object] = {}
+    saved = dict(os.environ)
+    try:
+        os.environ.pop("WEB_CONCURRENCY", None)
+        os.environ.update(env)
+        exec(compile(code, "gunicorn.conf.py", "exec"), namespace)
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
+    return namespace
+
+
+@combination_param
+def test_gunicorn_config_carries_the_answers(project: Path, combination: Combination) -> None:
+    config = load_gunicorn_config(project, {})
+    assert config["worker_class"] == "uvicorn_worker.UvicornWorker"
+    assert config["wsgi_app"] == f"{SLUG}.main:create_app()"
+    cpus = os.cpu_count() or 1
+    expected = {3: 3, 0: cpus if combination.is_async else cpus + 1}[
+        int(answers_for(combination)["workers"])  # type: ignore[call-overload]
+    ]
+    assert config["workers"] == expected
+    assert load_gunicorn_config(project, {"WEB_CONCURRENCY": "7"})["workers"] == 7
+
+    settings = (project / "src" / SLUG / "settings.py").read_text()
+    for setting, value in [
+        ("db_pool_size: int", "3"),
+        ("db_max_overflow: int", "4"),
+        ("db_pool_timeout: float", "12.5"),
+        ("db_pool_recycle: int", "900"),
+    ]:
+        assert re.search(rf"{setting} = Field\(default={value}\b", settings), setting
+
+
+# --- installed -------------------------------------------------------------------------------
+
+
+@combination_param
+def test_lint_format_and_types_are_clean(project: Path, venv: Path) -> None:
+    bin_dir = venv / "bin"
+    run([str(bin_dir / "ruff"), "check", "--no-cache", "."], project)
+    run([str(bin_dir / "ruff"), "format", "--check", "--no-cache", "."], project)
+    run([str(bin_dir / "mypy")], project)
+
+
+def database_name(combination: Combination) -> str:
+    return "cf_" + combination.id.replace("-", "_")
+
+
+@combination_param
+def test_own_test_suite_passes(project: Path, venv: Path, combination: Combination) -> None:
+    """Against SQLite, or a real PostgreSQL; the Celery combinations with a real worker and a
+    real Redis (a Redis database of their own, so parallel runs do not share a queue)."""
+    env = project_env()
+    if combination.database == "postgresql":
+        server = os.environ["POSTGRES_URL"].rsplit("/", 1)[0]
+        env["DATABASE_URL"] = f"{server}/{database_name(combination)}"
+    if combination.task_queue == "celery":
+        env["REDIS_URL"] = f"{os.environ['REDIS_URL']}/{COMBINATIONS.index(combination) + 1}"
+    output = run([str(venv / "bin" / "pytest"), "-p", "no:cacheprovider", "-q"], project, env)
+    summary = output.strip().splitlines()[-1]
+    assert re.search(r"\b\d+ passed\b", summary) and "failed" not in summary, output
+    assert "skipped" not in summary, output
