@@ -1,0 +1,72 @@
+"""Every invalid answer is refused before any file is written, with a message a person reads."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from tests.combinations import render
+
+REFUSED = [
+    ({"db_mode": "sync", "orm": "tortoise"}, "Tortoise ORM is async-only"),
+    ({"pool_size": 0}, "pool_size must be at least 1 (got 0)"),
+    ({"pool_size": -3}, "pool_size must be at least 1 (got -3)"),
+    ({"max_overflow": -1}, "max_overflow must be 0 or more (got -1)"),
+    ({"pool_timeout": 0}, "pool_timeout must be more than 0 seconds (got 0.0)"),
+    ({"pool_timeout": -2.5}, "pool_timeout must be more than 0 seconds (got -2.5)"),
+    ({"pool_recycle": 0}, "pool_recycle must be a number of seconds of at least 1, or -1"),
+    ({"pool_recycle": -5}, "pool_recycle must be a number of seconds of at least 1, or -1"),
+    ({"workers": -1}, "workers must be 0 (derive from the CPU count) or a positive number"),
+    ({"project_slug": "My-Service"}, 'project_slug "My-Service" is not a Python package name'),
+    ({"project_slug": "2fast"}, 'project_slug "2fast" is not a Python package name'),
+    ({"project_slug": "my service"}, 'project_slug "my service" is not a Python package name'),
+    ({"project_slug": "class"}, 'project_slug "class" is a Python keyword'),
+    ({"project_slug": "fastapi"}, 'project_slug "fastapi" would shadow a package'),
+    ({"project_slug": "tests"}, 'project_slug "tests" would shadow a package'),
+    ({"project_name": "   "}, "project_name must not be empty"),
+    ({"database": "mysql"}, "Invalid choice for 'database'"),
+    ({"db_mode": "threads"}, "Invalid choice for 'db_mode'"),
+    ({"orm": "django"}, "Invalid choice for 'orm'"),
+    ({"task_queue": "rq"}, "Invalid choice for 'task_queue'"),
+    ({"task_queue": "celery", "celery_broker": "rabbitmq"}, "Invalid choice for 'celery_broker'"),
+    ({"pool_size": "five"}, "'five'"),
+]
+
+
+@pytest.mark.xdist_group("refuse")
+@pytest.mark.parametrize(("data", "message"), REFUSED, ids=[str(d) for d, _ in REFUSED])
+def test_invalid_answer_is_refused_and_nothing_is_written(
+    tmp_path: Path, data: dict[str, object], message: str
+) -> None:
+    dst = tmp_path / "project"
+    with pytest.raises(ValueError) as refused:
+        render(dst, data)
+    assert message in str(refused.value)
+    assert not dst.exists() or not any(dst.iterdir())
+
+
+@pytest.mark.xdist_group("refuse")
+def test_an_existing_directory_keeps_its_files_when_an_answer_is_refused(tmp_path: Path) -> None:
+    dst = tmp_path / "project"
+    dst.mkdir()
+    (dst / "notes.txt").write_text("mine")
+    with pytest.raises(ValueError):
+        render(dst, {"pool_size": 0})
+    assert [p.name for p in dst.iterdir()] == ["notes.txt"]
+    assert (dst / "notes.txt").read_text() == "mine"
+
+
+@pytest.mark.xdist_group("refuse")
+@pytest.mark.parametrize(
+    "data",
+    [
+        {"pool_size": 1, "max_overflow": 0, "pool_recycle": -1, "workers": 1},
+        {"pool_timeout": 0.1, "project_slug": "a1_b2"},
+        {"db_mode": "sync", "orm": "sqlalchemy"},
+    ],
+    ids=str,
+)
+def test_edge_answers_are_accepted(tmp_path: Path, data: dict[str, object]) -> None:
+    project = render(tmp_path / "project", data)
+    assert (project / ".copier-answers.yml").is_file()
