@@ -60,8 +60,11 @@ def project(combination: Combination, tmp_path_factory: pytest.TempPathFactory) 
     return _rendered[combination.id]
 
 
-def run(command: list[str], cwd: Path, env: dict[str, str] | None = None) -> str:
-    """Run a command; on failure, fail the test with its whole output."""
+def run(
+    command: list[str], cwd: Path, env: dict[str, str] | None = None, expect_failure: bool = False
+) -> str:
+    """Run a command; fail the test with its whole output if it fails (or, with
+    `expect_failure`, if it succeeds)."""
     result = subprocess.run(
         command,
         cwd=cwd,
@@ -71,7 +74,7 @@ def run(command: list[str], cwd: Path, env: dict[str, str] | None = None) -> str
         timeout=COMMAND_TIMEOUT,
     )
     output = result.stdout + result.stderr
-    if result.returncode != 0:
+    if (result.returncode != 0) != expect_failure:
         pytest.fail(f"`{' '.join(command)}` exited with {result.returncode}:\n{output}")
     return output
 
@@ -325,3 +328,66 @@ def test_own_test_suite_passes(project: Path, venv: Path, combination: Combinati
     summary = output.strip().splitlines()[-1]
     assert re.search(r"\b\d+ passed\b", summary) and "failed" not in summary, output
     assert "skipped" not in summary, output
+
+
+UNREACHABLE = {
+    "DATABASE_URL": "postgresql://postgres@127.0.0.1:1/nothing",
+    "REDIS_URL": "redis://127.0.0.1:1/0",
+}
+
+
+def needs_servers(combination: Combination) -> list[str]:
+    """The variables naming the servers the combination's own tests need."""
+    return (["DATABASE_URL"] if combination.database == "postgresql" else []) + (
+        ["REDIS_URL"] if combination.task_queue == "celery" else []
+    )
+
+
+@pytest.mark.parametrize(
+    "combination", [p for p in COMBINATION_PARAMS if needs_servers(p.values[0])], indirect=True
+)
+def test_own_test_suite_fails_naming_the_variable_of_an_unreachable_service(
+    project: Path, venv: Path, combination: Combination
+) -> None:
+    """A required server that cannot be reached fails the suite, never passes it silently."""
+    for variable in needs_servers(combination):
+        env = {**project_env(), variable: UNREACHABLE[variable]}
+        if variable == "REDIS_URL" and combination.database == "postgresql":
+            server = os.environ["POSTGRES_URL"].rsplit("/", 1)[0]
+            env["DATABASE_URL"] = f"{server}/{database_name(combination)}"
+        command = [
+            str(venv / "bin" / "pytest"),
+            "-p",
+            "no:cacheprovider",
+            "-q",
+            "tests/test_jobs.py",
+        ]
+        output = run(command, project, env, expect_failure=True)
+        assert f"unreachable at {variable}=" in output, output
+        assert "passed" not in output.strip().splitlines()[-1], output
+
+
+@pytest.mark.parametrize(
+    "combination",
+    [
+        p
+        for p in COMBINATION_PARAMS
+        if p.values[0].database == "postgresql" and p.values[0].task_queue == "celery"
+    ],
+    indirect=True,
+)
+def test_installs_with_pip(project: Path, tmp_path: Path) -> None:
+    """`pip install -e .` works as well as `uv sync` (shown for the largest dependency sets)."""
+    pip_venv = tmp_path / "pip-venv"
+    run([sys.executable, "-m", "venv", str(pip_venv)], tmp_path)
+    python = str(pip_venv / "bin" / "python")
+    run(
+        [python, "-m", "pip", "install", "--quiet", "--disable-pip-version-check", "-e", "."],
+        project,
+    )
+    output = run(
+        [python, "-c", f"from {SLUG}.main import create_app; print(create_app().title)"],
+        tmp_path,
+        {"DATABASE_URL": "postgresql://u@127.0.0.1/db", "VIRTUAL_ENV": ""},
+    )
+    assert output.strip() == "Inventory"
