@@ -13,6 +13,7 @@ import os
 import shutil
 import socket
 import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator
@@ -171,3 +172,23 @@ def ensure_services() -> Iterator[dict[str, str]]:
             workdir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="cf-svc-")))
             urls[variable] = stack.enter_context(start(workdir))
         yield urls
+
+
+def main(argv: list[str]) -> int:
+    """`python -m tests.services COMMAND...`: run COMMAND with the servers' URLs in its
+    environment, starting servers for the variables that are not set, and stop them after."""
+    if not argv:
+        print("usage: python -m tests.services COMMAND [ARG...]", file=sys.stderr)
+        return 2
+    try:
+        with ensure_services() as urls:
+            for variable, url in urls.items():
+                print(f"{variable}={url}", file=sys.stderr)
+            return subprocess.run(argv, env={**os.environ, **urls}).returncode
+    except ServiceError as exc:
+        print(f"The test servers are not available: {exc}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -1,0 +1,117 @@
+"""The repository's own CI: the GitHub workflow stays valid and covers every combination;
+`.ci/run` and the README's two commands work."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tests.combinations import COMBINATIONS, REPO_ROOT
+
+WORKFLOW = REPO_ROOT / ".github" / "workflows" / "ci.yml"
+pytestmark = pytest.mark.xdist_group("ci")
+
+
+def readme_command(name: str) -> str:
+    """The shell command README.md marks with `<!-- command: NAME -->`."""
+    match = re.search(
+        rf"<!-- command: {name} -->\n```sh\n(.+?)\n```", (REPO_ROOT / "README.md").read_text()
+    )
+    assert match, f"README.md has no command marked {name!r}"
+    return match.group(1)
+
+
+def test_workflow_is_valid() -> None:
+    bin_dir = Path(sys.executable).parent
+    for command in (
+        [str(bin_dir / "check-jsonschema"), "--builtin-schema", "vendor.github-workflows"],
+        [str(bin_dir / "actionlint")],
+    ):
+        result = subprocess.run([*command, str(WORKFLOW)], capture_output=True, text=True)
+        assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_workflow_runs_one_job_per_combination_with_real_services() -> None:
+    jobs = yaml.safe_load(WORKFLOW.read_text())["jobs"]
+    matrix = jobs["combination"]["strategy"]["matrix"]["combination"]
+    assert sorted(matrix) == sorted(c.id for c in COMBINATIONS)
+    for job in jobs.values():
+        assert set(job["services"]) == {"postgres", "redis"}
+        run_steps = [step for step in job["steps"] if "run" in step]
+        assert run_steps and all("uv run pytest" in step["run"] for step in run_steps)
+        for step in run_steps:
+            assert {"POSTGRES_URL", "REDIS_URL"} <= set(step["env"])
+
+
+def test_ci_runs_the_readme_test_command() -> None:
+    script = (REPO_ROOT / ".ci" / "run").read_text()
+    assert "<!-- command: test -->" in script
+    extracted = subprocess.run(
+        ["bash", "-c", "awk '/<!-- command: test -->/ { getline; getline; print; exit }' README.md"],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.strip()
+    assert extracted == readme_command("test")
+    assert extracted.endswith("uv run pytest")
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def get(url: str) -> tuple[int, bytes]:
+    with urllib.request.urlopen(url, timeout=5) as response:
+        return response.status, response.read()
+
+
+def test_readme_generate_and_serve_command_works_on_a_fresh_clone(tmp_path: Path) -> None:
+    clone = tmp_path / "copier-fastapi"
+    subprocess.run(["git", "clone", "--quiet", str(REPO_ROOT), str(clone)], check=True)
+    port = free_port()
+    log = tmp_path / "serve.log"
+    env = {**os.environ, "BIND": f"127.0.0.1:{port}", "WEB_CONCURRENCY": "2", "VIRTUAL_ENV": ""}
+    with log.open("wb") as output:
+        server = subprocess.Popen(
+            ["bash", "-c", readme_command("generate-and-serve")],
+            cwd=clone,
+            env=env,
+            stdout=output,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    try:
+        deadline = time.monotonic() + 300
+        while True:
+            try:
+                status, body = get(f"http://127.0.0.1:{port}/health")
+                break
+            except OSError:
+                if server.poll() is not None or time.monotonic() > deadline:
+                    pytest.fail(f"The service did not start:\n{log.read_text()}")
+                time.sleep(0.5)
+        assert (status, body) == (200, b'{"status":"ok","detail":null}')
+        assert get(f"http://127.0.0.1:{port}/health/ready")[0] == 200
+        assert (tmp_path / "my-service" / ".copier-answers.yml").is_file()
+    finally:
+        os.killpg(server.pid, signal.SIGTERM)
+        try:
+            server.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(server.pid, signal.SIGKILL)
+            server.wait()
+    assert "Shutting down" in log.read_text() or "Handling signal: term" in log.read_text()
