@@ -32,13 +32,14 @@ def readme_command(name: str) -> str:
 
 
 def test_workflow_is_valid() -> None:
-    bin_dir = Path(sys.executable).parent
-    for command in (
-        [str(bin_dir / "check-jsonschema"), "--builtin-schema", "vendor.github-workflows"],
-        [str(bin_dir / "actionlint")],
-    ):
-        result = subprocess.run([*command, str(WORKFLOW)], capture_output=True, text=True)
-        assert result.returncode == 0, result.stdout + result.stderr
+    """Validated against the GitHub workflow schema that check-jsonschema ships."""
+    check = Path(sys.executable).parent / "check-jsonschema"
+    result = subprocess.run(
+        [str(check), "--builtin-schema", "vendor.github-workflows", str(WORKFLOW)],
+        capture_output=True,
+        text=True,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
 
 
 def test_workflow_runs_one_job_per_combination_with_real_services() -> None:
@@ -57,7 +58,11 @@ def test_ci_runs_the_readme_test_command() -> None:
     script = (REPO_ROOT / ".ci" / "run").read_text()
     assert "<!-- command: test -->" in script
     extracted = subprocess.run(
-        ["bash", "-c", "awk '/<!-- command: test -->/ { getline; getline; print; exit }' README.md"],
+        [
+            "bash",
+            "-c",
+            "awk '/<!-- command: test -->/ { getline; getline; print; exit }' README.md",
+        ],
         cwd=REPO_ROOT,
         capture_output=True,
         text=True,
