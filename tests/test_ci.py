@@ -119,4 +119,6 @@ def test_readme_generate_and_serve_command_works_on_a_fresh_clone(tmp_path: Path
         except subprocess.TimeoutExpired:
             os.killpg(server.pid, signal.SIGKILL)
             server.wait()
-    assert "Shutting down" in log.read_text() or "Handling signal: term" in log.read_text()
+            pytest.fail(f"The service did not stop on SIGTERM:\n{log.read_text()}")
+    with pytest.raises(OSError):
+        get(f"http://127.0.0.1:{port}/health")
