@@ -340,26 +340,6 @@ def read_answers(dst: Path) -> dict[str, Any]:
 
 
 def test_non_default_answers_typed_at_the_prompts(tmp_path: Path) -> None:
-    dst, asked = run_copier(
-        tmp_path,
-        {
-            "project_name": "Inventory API",
-            "project_slug": "inventory",
-            "database": "postgresql",
-            "db_mode": "sync",
-            "orm": "sqlalchemy",
-            "task_queue": "celery",
-            "celery_broker": "redis",
-            "pool_size": "3",
-            "max_overflow": "2",
-            "pool_timeout": "7.5",
-            "pool_recycle": "600",
-            "workers": "4",
-        },
-    )
-    assert asked[:2] == ["project_name", "project_slug"], asked
-
-    answers = read_answers(dst)
     expected = {
         "project_name": "Inventory API",
         "project_slug": "inventory",
@@ -374,6 +354,10 @@ def test_non_default_answers_typed_at_the_prompts(tmp_path: Path) -> None:
         "pool_recycle": 600,
         "workers": 4,
     }
+    dst, asked = run_copier(tmp_path, {name: str(value) for name, value in expected.items()})
+    assert asked[:2] == ["project_name", "project_slug"], asked
+
+    answers = read_answers(dst)
     for name, value in expected.items():
         assert answers.get(name) == value, f"{name}: {answers.get(name)!r} != {value!r}"
         assert type(answers.get(name)) is type(value), f"{name}: {answers.get(name)!r}"
