@@ -1,14 +1,18 @@
-"""Suite-wide set-up: isolated copier settings and the PostgreSQL and Redis servers."""
+"""Suite-wide set-up: isolated copier settings, the PostgreSQL and Redis servers, and the
+rendered, installed combinations the tests share."""
 
 from __future__ import annotations
 
 import contextlib
 import os
+import sys
+from pathlib import Path
 
 import pytest
 
 from tests import services
-from tests.combinations import isolated_copier_settings
+from tests.combinations import Combination, isolated_copier_settings, render
+from tests.projects import answers_for, project_env, run
 
 _services: contextlib.ExitStack | None = None
 
@@ -34,3 +38,32 @@ def pytest_configure(config: pytest.Config) -> None:
 def pytest_unconfigure(config: pytest.Config) -> None:
     if _services is not None:
         _services.close()
+
+
+_rendered: dict[str, Path] = {}
+_installed: set[str] = set()
+
+
+@pytest.fixture
+def combination(request: pytest.FixtureRequest) -> Combination:
+    """Set by `combination_param` on each test."""
+    combination: Combination = request.param
+    return combination
+
+
+@pytest.fixture
+def project(combination: Combination, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The combination rendered once for this worker process (its tests share an xdist group)."""
+    if combination.id not in _rendered:
+        dst = tmp_path_factory.mktemp(combination.id) / "project"
+        _rendered[combination.id] = render(dst, answers_for(combination))
+    return _rendered[combination.id]
+
+
+@pytest.fixture
+def venv(project: Path, combination: Combination) -> Path:
+    """The project installed with `uv sync` from its own pyproject, once per worker process."""
+    if combination.id not in _installed:
+        run(["uv", "sync", "--python", sys.executable], project, project_env())
+        _installed.add(combination.id)
+    return project / ".venv"

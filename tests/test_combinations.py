@@ -10,7 +10,6 @@ from __future__ import annotations
 import ast
 import os
 import re
-import subprocess
 import sys
 import tomllib
 from pathlib import Path
@@ -18,89 +17,19 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.combinations import COMBINATIONS, Combination, render
+from tests.combinations import Combination
+from tests.projects import (
+    COMBINATION_PARAMS,
+    SLUG,
+    answers_for,
+    combination_param,
+    database_url_for,
+    project_env,
+    redis_url_for,
+    run,
+)
 
-SLUG = "inventory"
 JINJA_LEFTOVER = re.compile(r"\{\{|\{%|%\}|\{#")
-COMMAND_TIMEOUT = 600
-
-
-def answers_for(combination: Combination) -> dict[str, object]:
-    """Non-default pool answers, so the tests see them wired through; a fixed worker count for
-    the Celery combinations and the CPU-derived one for the others."""
-    return {
-        **combination.data,
-        "project_name": "Inventory",
-        "project_slug": SLUG,
-        "pool_size": 3,
-        "max_overflow": 4,
-        "pool_timeout": 12.5,
-        "pool_recycle": 900,
-        "workers": 3 if combination.task_queue == "celery" else 0,
-    }
-
-
-_rendered: dict[str, Path] = {}
-_installed: set[str] = set()
-
-
-@pytest.fixture
-def combination(request: pytest.FixtureRequest) -> Combination:
-    """Set by `combination_param` on each test."""
-    combination: Combination = request.param
-    return combination
-
-
-@pytest.fixture
-def project(combination: Combination, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The combination rendered once for this worker process."""
-    if combination.id not in _rendered:
-        dst = tmp_path_factory.mktemp(combination.id) / "project"
-        _rendered[combination.id] = render(dst, answers_for(combination))
-    return _rendered[combination.id]
-
-
-def run(
-    command: list[str], cwd: Path, env: dict[str, str] | None = None, expect_failure: bool = False
-) -> str:
-    """Run a command; fail the test with its whole output if it fails (or, with
-    `expect_failure`, if it succeeds)."""
-    result = subprocess.run(
-        command,
-        cwd=cwd,
-        env={**os.environ, **(env or {})},
-        capture_output=True,
-        text=True,
-        timeout=COMMAND_TIMEOUT,
-    )
-    output = result.stdout + result.stderr
-    if (result.returncode != 0) != expect_failure:
-        pytest.fail(f"`{' '.join(command)}` exited with {result.returncode}:\n{output}")
-    return output
-
-
-def project_env() -> dict[str, str]:
-    """The project's tools must not see this repository's virtual environment."""
-    return {"VIRTUAL_ENV": "", "UV_PROJECT_ENVIRONMENT": ""}
-
-
-@pytest.fixture
-def venv(project: Path, combination: Combination) -> Path:
-    """The project installed with `uv sync` from its own pyproject, once per worker."""
-    if combination.id not in _installed:
-        run(["uv", "sync", "--python", sys.executable], project, project_env())
-        _installed.add(combination.id)
-    return project / ".venv"
-
-
-def python_files(project: Path) -> list[Path]:
-    return sorted(project.rglob("*.py"))
-
-
-COMBINATION_PARAMS = [
-    pytest.param(c, id=c.id, marks=pytest.mark.xdist_group(c.id)) for c in COMBINATIONS
-]
-combination_param = pytest.mark.parametrize("combination", COMBINATION_PARAMS, indirect=True)
 
 
 # --- rendering -------------------------------------------------------------------------------
@@ -207,14 +136,16 @@ def test_route_style_matches_the_driver(project: Path, combination: Combination)
     package = project / "src" / SLUG
     routes = [f for path in sorted((package / "routes").glob("*.py")) for f in functions(path)]
     handlers = [f for f in routes if is_route(f)]
-    assert len(handlers) == 9, [f.name for f in handlers]
+    assert len(handlers) == 10, [f.name for f in handlers]
     db_functions = [f for f in functions(package / "db.py") if f.name.startswith("get_")]
     database_code = [f for f in routes + db_functions if uses_database(f, combination.orm)]
     assert len(database_code) >= 8
     if combination.is_async:
         wrong = [f.name for f in routes + db_functions if not isinstance(f, ast.AsyncFunctionDef)]
     else:
-        wrong = [f.name for f in database_code if isinstance(f, ast.AsyncFunctionDef)]
+        # ... and so is /compute, which waits for the process pool's result.
+        blocking = database_code + [f for f in handlers if f.name == "compute"]
+        wrong = [f.name for f in blocking if isinstance(f, ast.AsyncFunctionDef)]
     assert not wrong, f"{combination.db_mode} mode, but these are not: {wrong}"
 
 
@@ -245,7 +176,7 @@ NOT_IO = {"connections", "os.environ"}
 def test_no_blocking_call_inside_async_def(project: Path) -> None:
     """Inside every `async def`, a call that may do I/O is awaited (or handed to a thread)."""
     offences = []
-    for path in python_files(project / "src"):
+    for path in sorted((project / "src").rglob("*.py")):
         for function in functions(path):
             if not isinstance(function, ast.AsyncFunctionDef):
                 continue
@@ -310,20 +241,15 @@ def test_lint_format_and_types_are_clean(project: Path, venv: Path) -> None:
     run([str(bin_dir / "mypy")], project)
 
 
-def database_name(combination: Combination) -> str:
-    return "cf_" + combination.id.replace("-", "_")
-
-
 @combination_param
 def test_own_test_suite_passes(project: Path, venv: Path, combination: Combination) -> None:
     """Against SQLite, or a real PostgreSQL; the Celery combinations with a real worker and a
     real Redis (a Redis database of their own, so parallel runs do not share a queue)."""
     env = project_env()
     if combination.database == "postgresql":
-        server = os.environ["POSTGRES_URL"].rsplit("/", 1)[0]
-        env["DATABASE_URL"] = f"{server}/{database_name(combination)}"
+        env["DATABASE_URL"] = database_url_for(combination)
     if combination.task_queue == "celery":
-        env["REDIS_URL"] = f"{os.environ['REDIS_URL']}/{COMBINATIONS.index(combination) + 1}"
+        env["REDIS_URL"] = redis_url_for(combination)
     output = run([str(venv / "bin" / "pytest"), "-p", "no:cacheprovider", "-q"], project, env)
     summary = output.strip().splitlines()[-1]
     assert re.search(r"\b\d+ passed\b", summary) and "failed" not in summary, output
@@ -353,8 +279,7 @@ def test_own_test_suite_fails_naming_the_variable_of_an_unreachable_service(
     for variable in needs_servers(combination):
         env = {**project_env(), variable: UNREACHABLE[variable]}
         if variable == "REDIS_URL" and combination.database == "postgresql":
-            server = os.environ["POSTGRES_URL"].rsplit("/", 1)[0]
-            env["DATABASE_URL"] = f"{server}/{database_name(combination)}"
+            env["DATABASE_URL"] = database_url_for(combination)
         command = [
             str(venv / "bin" / "pytest"),
             "-p",

@@ -1,0 +1,71 @@
+"""A rendered combination as the tests use it: its answers, its virtual environment, the
+servers it is given, and running its tools."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from tests.combinations import COMBINATIONS, Combination
+
+SLUG = "inventory"
+COMMAND_TIMEOUT = 600
+
+
+def answers_for(combination: Combination) -> dict[str, object]:
+    """Non-default pool answers, so the tests see them wired through; a fixed worker count for
+    the Celery combinations and the CPU-derived one for the others."""
+    return {
+        **combination.data,
+        "project_name": "Inventory",
+        "project_slug": SLUG,
+        "pool_size": 3,
+        "max_overflow": 4,
+        "pool_timeout": 12.5,
+        "pool_recycle": 900,
+        "workers": 3 if combination.task_queue == "celery" else 0,
+    }
+
+
+def run(
+    command: list[str], cwd: Path, env: dict[str, str] | None = None, expect_failure: bool = False
+) -> str:
+    """Run a command; fail the test with its whole output if it fails (or, with
+    `expect_failure`, if it succeeds)."""
+    result = subprocess.run(
+        command,
+        cwd=cwd,
+        env={**os.environ, **(env or {})},
+        capture_output=True,
+        text=True,
+        timeout=COMMAND_TIMEOUT,
+    )
+    output = result.stdout + result.stderr
+    if (result.returncode != 0) != expect_failure:
+        pytest.fail(f"`{' '.join(command)}` exited with {result.returncode}:\n{output}")
+    return output
+
+
+def project_env() -> dict[str, str]:
+    """The project's tools must not see this repository's virtual environment."""
+    return {"VIRTUAL_ENV": "", "UV_PROJECT_ENVIRONMENT": ""}
+
+
+def database_url_for(combination: Combination) -> str:
+    """A database of the combination's own on the suite's PostgreSQL server."""
+    server = os.environ["POSTGRES_URL"].rsplit("/", 1)[0]
+    return f"{server}/cf_{combination.id.replace('-', '_')}"
+
+
+def redis_url_for(combination: Combination) -> str:
+    """A Redis database of the combination's own, so that parallel runs share no queue."""
+    return f"{os.environ['REDIS_URL']}/{COMBINATIONS.index(combination) + 1}"
+
+
+COMBINATION_PARAMS = [
+    pytest.param(c, id=c.id, marks=pytest.mark.xdist_group(c.id)) for c in COMBINATIONS
+]
+combination_param = pytest.mark.parametrize("combination", COMBINATION_PARAMS, indirect=True)
