@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from tests.combinations import COMBINATIONS, Combination
+from tests.services import postgres_bin
 
 SLUG = "inventory"
 COMMAND_TIMEOUT = 600
@@ -58,6 +59,20 @@ def database_url_for(combination: Combination) -> str:
     """A database of the combination's own on the suite's PostgreSQL server."""
     server = os.environ["POSTGRES_URL"].rsplit("/", 1)[0]
     return f"{server}/cf_{combination.id.replace('-', '_')}"
+
+
+def create_database(combination: Combination) -> str:
+    """The combination's database (see `database_url_for`), created if it is missing."""
+    url = database_url_for(combination)
+    name = url.rsplit("/", 1)[1]
+    result = subprocess.run(
+        [postgres_bin("psql"), os.environ["POSTGRES_URL"], "-c", f'CREATE DATABASE "{name}"'],
+        capture_output=True,
+        text=True,
+    )
+    if result.returncode != 0 and "already exists" not in result.stderr:
+        pytest.fail(f"Could not create the database {name}: {result.stderr}")
+    return url
 
 
 def redis_url_for(combination: Combination) -> str:
