@@ -316,3 +316,29 @@ def test_installs_with_pip(project: Path, tmp_path: Path) -> None:
         {"DATABASE_URL": "postgresql://u@127.0.0.1/db", "VIRTUAL_ENV": ""},
     )
     assert output.strip() == "Inventory"
+
+
+def settings_fields(project: Path) -> list[str]:
+    """The fields of the generated `Settings` class."""
+    tree = ast.parse((project / "src" / SLUG / "settings.py").read_text())
+    settings = next(n for n in tree.body if isinstance(n, ast.ClassDef) and n.name == "Settings")
+    return [
+        statement.target.id
+        for statement in settings.body
+        if isinstance(statement, ast.AnnAssign)
+        and isinstance(statement.target, ast.Name)
+        and statement.target.id != "model_config"
+    ]
+
+
+@combination_param
+def test_every_setting_is_documented(project: Path) -> None:
+    """`.env.example` and the README's settings table name every setting."""
+    fields = settings_fields(project)
+    assert "database_url" in fields
+    env_example = (project / ".env.example").read_text()
+    readme = (project / "README.md").read_text()
+    for field in fields:
+        variable = field.upper()
+        assert re.search(rf"^#?{variable}=", env_example, re.MULTILINE), variable
+        assert f"| `{variable}` |" in readme, variable

@@ -34,6 +34,26 @@ REFUSED = [
     ({"task_queue": "rq"}, "Invalid choice for 'task_queue'"),
     ({"task_queue": "celery", "celery_broker": "rabbitmq"}, "Invalid choice for 'celery_broker'"),
     ({"pool_size": "five"}, "'five'"),
+    (
+        {"database": "postgresql", "db_max_connections": 0},
+        "db_max_connections must be at least 1 (got 0)",
+    ),
+    (
+        {"database": "postgresql", "workers": 4, "db_max_connections": 59},
+        "4 workers x (5 pool_size + 10 max_overflow) = 60 connections, more than "
+        "db_max_connections (59): lower workers, pool_size or max_overflow, or raise "
+        "db_max_connections",
+    ),
+    (
+        {"database": "postgresql", "task_queue": "celery", "workers": 4, "db_max_connections": 63},
+        "4 workers x (5 pool_size + 10 max_overflow) + 4 Celery worker processes = 64 "
+        "connections, more than db_max_connections (63)",
+    ),
+    (
+        {"database": "postgresql", "workers": 10, "pool_size": 20, "max_overflow": 0},
+        "10 workers x (20 pool_size + 0 max_overflow) = 200 connections, more than "
+        "db_max_connections (100)",
+    ),
 ]
 
 
@@ -67,9 +87,24 @@ def test_an_existing_directory_keeps_its_files_when_an_answer_is_refused(tmp_pat
         {"pool_size": 1, "max_overflow": 0, "pool_recycle": -1, "workers": 1},
         {"pool_timeout": 0.1, "project_slug": "a1_b2"},
         {"db_mode": "sync", "orm": "sqlalchemy"},
+        # the connection budget: the edge that fits exactly, with and without Celery
+        {"database": "postgresql", "workers": 4, "db_max_connections": 60},
+        {"database": "postgresql", "task_queue": "celery", "workers": 4, "db_max_connections": 64},
+        # with workers derived from the CPU count there is nothing to check at copy time
+        {"database": "postgresql", "workers": 0, "pool_size": 500, "db_max_connections": 10},
+        # SQLite has no connection budget
+        {"database": "sqlite", "workers": 64, "pool_size": 100},
     ],
     ids=str,
 )
 def test_edge_answers_are_accepted(tmp_path: Path, data: dict[str, object]) -> None:
     project = render(tmp_path / "project", data)
     assert (project / ".copier-answers.yml").is_file()
+
+
+@pytest.mark.xdist_group("refuse")
+def test_db_max_connections_is_asked_only_for_postgresql(tmp_path: Path) -> None:
+    sqlite = render(tmp_path / "sqlite", {"database": "sqlite"})
+    postgresql = render(tmp_path / "postgresql", {"database": "postgresql"})
+    assert "db_max_connections" not in (sqlite / ".copier-answers.yml").read_text()
+    assert "db_max_connections: 100" in (postgresql / ".copier-answers.yml").read_text()
