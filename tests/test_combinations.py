@@ -8,8 +8,10 @@ xdist worker (`--dist loadgroup`).
 from __future__ import annotations
 
 import ast
+import json
 import os
 import re
+import subprocess
 import sys
 import tomllib
 from pathlib import Path
@@ -87,7 +89,14 @@ def dependency_names(project: Path) -> set[str]:
 def test_dependencies_are_exactly_what_the_combination_needs(
     project: Path, combination: Combination
 ) -> None:
-    expected = {"fastapi", "pydantic-settings", "uvicorn[standard]", "gunicorn", "uvicorn-worker"}
+    expected = {
+        "fastapi",
+        "pydantic-settings",
+        "python-dotenv",
+        "uvicorn[standard]",
+        "gunicorn",
+        "uvicorn-worker",
+    }
     if combination.orm == "tortoise":
         postgresql = combination.database == "postgresql"
         expected.add("tortoise-orm[asyncpg]" if postgresql else "tortoise-orm")
@@ -194,23 +203,31 @@ def test_no_blocking_call_inside_async_def(project: Path) -> None:
     assert not offences, offences
 
 
-def load_gunicorn_config(project: Path, env: dict[str, str]) -> dict[str, object]:
-    code = (project / "gunicorn.conf.py").read_text()
-    namespace: dict[str, object] = {}
-    saved = dict(os.environ)
-    try:
-        os.environ.pop("WEB_CONCURRENCY", None)
-        os.environ.update(env)
-        exec(compile(code, "gunicorn.conf.py", "exec"), namespace)
-    finally:
-        os.environ.clear()
-        os.environ.update(saved)
-    return namespace
+def load_gunicorn_config(project: Path, venv: Path, env: dict[str, str]) -> dict[str, object]:
+    """gunicorn.conf.py's values, as the project's own interpreter computes them."""
+    names = ["worker_class", "wsgi_app", "workers", "bind", "graceful_timeout"]
+    code = (
+        "import json, runpy; config = runpy.run_path('gunicorn.conf.py'); "
+        f"print(json.dumps({{name: config[name] for name in {names!r}}}))"
+    )
+    clean = {k: v for k, v in os.environ.items() if k != "WEB_CONCURRENCY"}
+    result = subprocess.run(
+        [str(venv / "bin" / "python"), "-c", code],
+        cwd=project,
+        env={**clean, **project_env(), **env},
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    config: dict[str, object] = json.loads(result.stdout)
+    return config
 
 
 @combination_param
-def test_gunicorn_config_carries_the_answers(project: Path, combination: Combination) -> None:
-    config = load_gunicorn_config(project, {})
+def test_gunicorn_config_carries_the_answers(
+    project: Path, venv: Path, combination: Combination
+) -> None:
+    config = load_gunicorn_config(project, venv, {})
     assert config["worker_class"] == "uvicorn_worker.UvicornWorker"
     assert config["wsgi_app"] == f"{SLUG}.main:create_app()"
     cpus = os.cpu_count() or 1
@@ -218,7 +235,7 @@ def test_gunicorn_config_carries_the_answers(project: Path, combination: Combina
         int(answers_for(combination)["workers"])  # type: ignore[call-overload]
     ]
     assert config["workers"] == expected
-    assert load_gunicorn_config(project, {"WEB_CONCURRENCY": "7"})["workers"] == 7
+    assert load_gunicorn_config(project, venv, {"WEB_CONCURRENCY": "7"})["workers"] == 7
 
     settings = (project / "src" / SLUG / "settings.py").read_text()
     for setting, value in [

@@ -94,6 +94,7 @@ def test_an_existing_directory_keeps_its_files_when_an_answer_is_refused(tmp_pat
         {"database": "postgresql", "workers": 0, "pool_size": 500, "db_max_connections": 10},
         # SQLite has no connection budget
         {"database": "sqlite", "workers": 64, "pool_size": 100},
+        {"database": "sqlite", "workers": 20, "db_max_connections": 100},
     ],
     ids=str,
 )
