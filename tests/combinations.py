@@ -58,14 +58,16 @@ def isolated_copier_settings() -> None:
         os.environ["COPIER_SETTINGS_PATH"] = path
 
 
-def render(dst: Path, data: dict[str, Any], **kwargs: Any) -> Path:
-    """Render the working tree of this repository (not its latest tag) into `dst`."""
+def render(
+    dst: Path, data: dict[str, Any], *, src: Path = REPO_ROOT, vcs_ref: str = "HEAD", **kwargs: Any
+) -> Path:
+    """Render a template (by default this repository's working tree, not its latest tag)."""
     isolated_copier_settings()
     copier.run_copy(
-        str(REPO_ROOT),
+        str(src),
         dst,
         data=data,
-        vcs_ref="HEAD",
+        vcs_ref=vcs_ref,
         defaults=True,
         unsafe=False,
         quiet=True,

@@ -24,6 +24,14 @@ def pytest_configure(config: pytest.Config) -> None:
     """
     global _services
     isolated_copier_settings()
+    # Projects become git repositories (copier update needs one): commits need an author.
+    for variable, value in {
+        "GIT_AUTHOR_NAME": "copier-fastapi tests",
+        "GIT_AUTHOR_EMAIL": "tests@example.invalid",
+        "GIT_COMMITTER_NAME": "copier-fastapi tests",
+        "GIT_COMMITTER_EMAIL": "tests@example.invalid",
+    }.items():
+        os.environ.setdefault(variable, value)
     if hasattr(config, "workerinput") or config.option.collectonly:
         return
     _services = contextlib.ExitStack()

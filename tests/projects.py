@@ -61,9 +61,10 @@ def database_url_for(combination: Combination) -> str:
     return f"{server}/cf_{combination.id.replace('-', '_')}"
 
 
-def create_database(combination: Combination) -> str:
-    """The combination's database (see `database_url_for`), created if it is missing."""
-    url = database_url_for(combination)
+def create_database(combination: Combination, suffix: str = "") -> str:
+    """The combination's database (see `database_url_for`; a `suffix` names another one),
+    created if it is missing."""
+    url = database_url_for(combination) + (f"_{suffix}" if suffix else "")
     name = url.rsplit("/", 1)[1]
     result = subprocess.run(
         [postgres_bin("psql"), os.environ["POSTGRES_URL"], "-c", f'CREATE DATABASE "{name}"'],

@@ -1,0 +1,280 @@
+"""`copier update`: from the previous release to HEAD, with and without the user's own edits,
+with changed answers, through a conflict, and refusing an invalid combination.
+
+The template comes from a temporary repository holding the previous release (tagged) and the
+working tree on top of it (see tests/releases.py)."""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import copier
+import pytest
+import yaml
+
+from tests import releases
+from tests.combinations import COMBINATIONS, Combination, render
+from tests.projects import (
+    COMBINATION_PARAMS,
+    SLUG,
+    answers_for,
+    combination_param,
+    create_database,
+    project_env,
+    run,
+)
+
+_repos: dict[str, releases.TemplateRepo] = {}
+
+
+@pytest.fixture
+def template_repo(tmp_path_factory: pytest.TempPathFactory) -> releases.TemplateRepo:
+    """Built once per worker process."""
+    if "repo" not in _repos:
+        _repos["repo"] = releases.build(tmp_path_factory.mktemp("template") / "repo")
+    return _repos["repo"]
+
+
+def git(project: Path, *args: str) -> str:
+    return releases.git(*args, cwd=project)
+
+
+def commit_all(project: Path, message: str) -> None:
+    git(project, "init", "--quiet", "--initial-branch=main")
+    git(project, "add", "-A")
+    git(project, "commit", "--quiet", "-m", message)
+
+
+def update(project: Path, **kwargs: object) -> None:
+    copier.run_update(
+        project,
+        vcs_ref="HEAD",
+        defaults=True,
+        overwrite=True,
+        unsafe=False,
+        quiet=True,
+        conflict="inline",
+        **kwargs,  # type: ignore[arg-type]
+    )
+
+
+def snapshot(project: Path) -> dict[str, str]:
+    """Every file but git's, with the answers file's `_commit` (which names the version) left
+    out."""
+    files = {}
+    for path in sorted(project.rglob("*")):
+        if path.is_file() and ".git" not in path.relative_to(project).parts:
+            text = path.read_text()
+            if path.name == ".copier-answers.yml":
+                text = re.sub(r"^_commit: .*\n", "", text, flags=re.MULTILINE)
+            files[str(path.relative_to(project))] = text
+    return files
+
+
+def assert_same_tree(actual: Path, expected: Path) -> None:
+    got, want = snapshot(actual), snapshot(expected)
+    assert sorted(got) == sorted(want)
+    for name in want:
+        assert got[name] == want[name], name
+
+
+# --- a user's edits, applied alike to an old project and to a fresh copy ---------------------
+
+Edit = Callable[[Path], None]
+
+
+def add_route_file(project: Path) -> None:
+    (project / "src" / SLUG / "routes" / "reports.py").write_text(
+        '"""Reports: the user\'s own routes."""\n\nfrom fastapi import APIRouter\n\n'
+        'router = APIRouter(prefix="/reports", tags=["reports"])\n'
+    )
+
+
+def change_a_setting_default(project: Path) -> None:
+    settings = project / "src" / SLUG / "settings.py"
+    text = settings.read_text()
+    old = 'environment: Literal["development", "test", "production"] = "development"'
+    assert old in text
+    settings.write_text(text.replace(old, old.replace('= "development"', '= "test"')))
+
+
+def edit_a_test(project: Path) -> None:
+    with (project / "tests" / "test_items.py").open("a") as tests:
+        tests.write(
+            "\n\nasync def test_the_users_own(client: httpx.AsyncClient) -> None:\n"
+            '    assert (await client.get("/items")).status_code == 200\n'
+        )
+
+
+USER_EDITS: list[Edit] = [add_route_file, change_a_setting_default, edit_a_test]
+
+
+def apply(edits: list[Edit], project: Path) -> None:
+    for edit in edits:
+        edit(project)
+
+
+# --- from the previous release ---------------------------------------------------------------
+
+
+@combination_param
+def test_update_from_the_previous_release_equals_a_fresh_copy(
+    combination: Combination, template_repo: releases.TemplateRepo, tmp_path: Path
+) -> None:
+    answers = answers_for(combination)
+    project = render(
+        tmp_path / "project", answers, src=template_repo.path, vcs_ref=template_repo.previous.tag
+    )
+    assert yaml.safe_load((project / ".copier-answers.yml").read_text())["_commit"] == (
+        template_repo.previous.tag
+    )
+    commit_all(project, "Generated from the previous release")
+
+    update(project)
+
+    fresh = render(tmp_path / "fresh", answers, src=template_repo.path)
+    assert_same_tree(project, fresh)
+
+
+@combination_param
+def test_update_keeps_the_users_edits_and_brings_the_templates_changes(
+    combination: Combination, template_repo: releases.TemplateRepo, tmp_path: Path
+) -> None:
+    answers = answers_for(combination)
+    project = render(
+        tmp_path / "project", answers, src=template_repo.path, vcs_ref=template_repo.previous.tag
+    )
+    commit_all(project, "Generated from the previous release")
+    apply(USER_EDITS, project)
+    git(project, "add", "-A")
+    git(project, "commit", "--quiet", "-m", "The user's edits")
+
+    update(project)
+
+    expected = render(tmp_path / "expected", answers, src=template_repo.path)
+    apply(USER_EDITS, expected)
+    assert_same_tree(project, expected)
+
+
+# --- a conflict ------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def conflicting_repo(template_repo: releases.TemplateRepo, tmp_path: Path) -> Path:
+    """The template repository plus a commit that retitles the generated README."""
+    repo = tmp_path / "conflicting"
+    subprocess.run(["git", "clone", "--quiet", str(template_repo.path), str(repo)], check=True)
+    readme = repo / "template" / "README.md.jinja"
+    text = readme.read_text()
+    assert text.startswith("# {{ project_name }}\n")
+    readme.write_text(text.replace("# {{ project_name }}\n", "# {{ project_name }} service\n", 1))
+    releases.commit(repo, "Retitle the README")
+    return repo
+
+
+@pytest.mark.parametrize("combination", COMBINATION_PARAMS[:1], indirect=True)
+def test_a_conflict_is_reported_inline_and_keeps_both_sides(
+    combination: Combination,
+    template_repo: releases.TemplateRepo,
+    conflicting_repo: Path,
+    tmp_path: Path,
+) -> None:
+    project = render(
+        tmp_path / "project",
+        answers_for(combination),
+        src=conflicting_repo,
+        vcs_ref=template_repo.head,
+    )
+    commit_all(project, "Generated")
+    readme = project / "README.md"
+    readme.write_text(readme.read_text().replace("# Inventory\n", "# Inventory, our way\n", 1))
+    git(project, "commit", "--quiet", "-am", "Our title")
+
+    update(project)
+
+    text = readme.read_text()
+    assert "<<<<<<< before updating" in text and ">>>>>>> after updating" in text, text[:400]
+    assert "# Inventory, our way" in text
+    assert "# Inventory service" in text
+
+
+# --- changing answers ------------------------------------------------------------------------
+
+ANSWER_CHANGES = [
+    (COMBINATIONS[0], {"task_queue": "celery"}),
+    (COMBINATIONS[0], {"db_mode": "sync"}),
+    (COMBINATIONS[0], {"database": "postgresql"}),
+    (COMBINATIONS[8], {"db_mode": "sync", "orm": "sqlalchemy"}),
+]
+
+
+@pytest.mark.parametrize(
+    ("original", "change"),
+    [
+        pytest.param(
+            original,
+            change,
+            id=f"{original.id}+{'+'.join(change.values())}",
+            marks=pytest.mark.xdist_group(f"update-{n}"),
+        )
+        for n, (original, change) in enumerate(ANSWER_CHANGES)
+    ],
+)
+def test_changing_answers_equals_a_fresh_copy_whose_tests_pass(
+    original: Combination,
+    change: dict[str, str],
+    template_repo: releases.TemplateRepo,
+    tmp_path: Path,
+) -> None:
+    assert original.orm == "tortoise" or original.orm == change.get("orm", original.orm)
+    answers = answers_for(original)
+    project = render(tmp_path / "project", answers, src=template_repo.path)
+    commit_all(project, "Generated")
+    apply(USER_EDITS, project)
+    git(project, "add", "-A")
+    git(project, "commit", "--quiet", "-m", "The user's edits")
+
+    update(project, data=change)
+
+    changed = Combination(**{**original.data, **change})
+    expected = render(tmp_path / "expected", {**answers, **change}, src=template_repo.path)
+    apply(USER_EDITS, expected)
+    assert_same_tree(project, expected)
+
+    env = project_env()
+    if changed.database == "postgresql":
+        env["DATABASE_URL"] = create_database(changed, suffix="update")
+    if changed.task_queue == "celery":
+        index = len(COMBINATIONS) + 1 + ANSWER_CHANGES.index((original, change))
+        env["REDIS_URL"] = f"{os.environ['REDIS_URL']}/{index}"
+    run(["uv", "sync", "--python", sys.executable], project, env)
+    output = run(
+        [str(project / ".venv" / "bin" / "pytest"), "-q", "-p", "no:cacheprovider"], project, env
+    )
+    assert re.search(r"\b\d+ passed\b", output.strip().splitlines()[-1]), output
+
+
+# --- an invalid combination ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("combination", COMBINATION_PARAMS[8:9], indirect=True)
+def test_an_update_to_an_invalid_combination_is_refused_and_changes_nothing(
+    combination: Combination, template_repo: releases.TemplateRepo, tmp_path: Path
+) -> None:
+    assert combination.orm == "tortoise"
+    project = render(tmp_path / "project", answers_for(combination), src=template_repo.path)
+    commit_all(project, "Generated")
+    before = snapshot(project)
+
+    with pytest.raises(ValueError, match="Tortoise ORM is async-only"):
+        update(project, data={"db_mode": "sync"})
+
+    assert snapshot(project) == before
+    assert git(project, "status", "--porcelain") == ""
+    shutil.rmtree(project)
