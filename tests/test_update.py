@@ -8,10 +8,9 @@ from __future__ import annotations
 
 import os
 import re
-import shutil
 import subprocess
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import copier
@@ -115,9 +114,22 @@ def edit_a_test(project: Path) -> None:
 USER_EDITS: list[Edit] = [add_route_file, change_a_setting_default, edit_a_test]
 
 
-def apply(edits: list[Edit], project: Path) -> None:
+def apply(edits: Sequence[Edit], project: Path) -> None:
     for edit in edits:
         edit(project)
+
+
+def generate(
+    dst: Path, answers: dict[str, object], src: Path, vcs_ref: str, edits: Sequence[Edit] = ()
+) -> Path:
+    """A project as its user keeps it: generated, committed, then edited and committed."""
+    project = render(dst, answers, src=src, vcs_ref=vcs_ref)
+    commit_all(project, "Generated")
+    if edits:
+        apply(edits, project)
+        git(project, "add", "-A")
+        git(project, "commit", "--quiet", "-m", "The user's edits")
+    return project
 
 
 # --- from the previous release ---------------------------------------------------------------
@@ -128,13 +140,9 @@ def test_update_from_the_previous_release_equals_a_fresh_copy(
     combination: Combination, template_repo: releases.TemplateRepo, tmp_path: Path
 ) -> None:
     answers = answers_for(combination)
-    project = render(
-        tmp_path / "project", answers, src=template_repo.path, vcs_ref=template_repo.previous.tag
-    )
-    assert yaml.safe_load((project / ".copier-answers.yml").read_text())["_commit"] == (
-        template_repo.previous.tag
-    )
-    commit_all(project, "Generated from the previous release")
+    previous = template_repo.previous.tag
+    project = generate(tmp_path / "project", answers, template_repo.path, previous)
+    assert yaml.safe_load((project / ".copier-answers.yml").read_text())["_commit"] == previous
 
     update(project)
 
@@ -147,13 +155,8 @@ def test_update_keeps_the_users_edits_and_brings_the_templates_changes(
     combination: Combination, template_repo: releases.TemplateRepo, tmp_path: Path
 ) -> None:
     answers = answers_for(combination)
-    project = render(
-        tmp_path / "project", answers, src=template_repo.path, vcs_ref=template_repo.previous.tag
-    )
-    commit_all(project, "Generated from the previous release")
-    apply(USER_EDITS, project)
-    git(project, "add", "-A")
-    git(project, "commit", "--quiet", "-m", "The user's edits")
+    previous = template_repo.previous.tag
+    project = generate(tmp_path / "project", answers, template_repo.path, previous, USER_EDITS)
 
     update(project)
 
@@ -185,16 +188,16 @@ def test_a_conflict_is_reported_inline_and_keeps_both_sides(
     conflicting_repo: Path,
     tmp_path: Path,
 ) -> None:
-    project = render(
-        tmp_path / "project",
-        answers_for(combination),
-        src=conflicting_repo,
-        vcs_ref=template_repo.head,
+
+    def retitle(project: Path) -> None:
+        readme = project / "README.md"
+        readme.write_text(readme.read_text().replace("# Inventory\n", "# Inventory, our way\n", 1))
+
+    answers = answers_for(combination)
+    project = generate(
+        tmp_path / "project", answers, conflicting_repo, template_repo.head, [retitle]
     )
-    commit_all(project, "Generated")
     readme = project / "README.md"
-    readme.write_text(readme.read_text().replace("# Inventory\n", "# Inventory, our way\n", 1))
-    git(project, "commit", "--quiet", "-am", "Our title")
 
     update(project)
 
@@ -232,13 +235,8 @@ def test_changing_answers_equals_a_fresh_copy_whose_tests_pass(
     template_repo: releases.TemplateRepo,
     tmp_path: Path,
 ) -> None:
-    assert original.orm == "tortoise" or original.orm == change.get("orm", original.orm)
     answers = answers_for(original)
-    project = render(tmp_path / "project", answers, src=template_repo.path)
-    commit_all(project, "Generated")
-    apply(USER_EDITS, project)
-    git(project, "add", "-A")
-    git(project, "commit", "--quiet", "-m", "The user's edits")
+    project = generate(tmp_path / "project", answers, template_repo.path, "HEAD", USER_EDITS)
 
     update(project, data=change)
 
@@ -268,8 +266,7 @@ def test_an_update_to_an_invalid_combination_is_refused_and_changes_nothing(
     combination: Combination, template_repo: releases.TemplateRepo, tmp_path: Path
 ) -> None:
     assert combination.orm == "tortoise"
-    project = render(tmp_path / "project", answers_for(combination), src=template_repo.path)
-    commit_all(project, "Generated")
+    project = generate(tmp_path / "project", answers_for(combination), template_repo.path, "HEAD")
     before = snapshot(project)
 
     with pytest.raises(ValueError, match="Tortoise ORM is async-only"):
@@ -277,4 +274,3 @@ def test_an_update_to_an_invalid_combination_is_refused_and_changes_nothing(
 
     assert snapshot(project) == before
     assert git(project, "status", "--porcelain") == ""
-    shutil.rmtree(project)
