@@ -31,15 +31,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import pexpect
 import pytest
 import yaml
 
-pexpect = pytest.importorskip("pexpect")
-
-if sys.platform == "win32":  # pragma: no cover - pexpect.spawn needs a POSIX pty
-    pytest.skip("needs a POSIX pseudo-terminal", allow_module_level=True)
-
-REPO_ROOT = Path(__file__).resolve().parents[1]
+from tests.combinations import REPO_ROOT
 
 STARTUP_TIMEOUT = 60  # copier clones the template (with the dirty working tree) first
 PROMPT_TIMEOUT = 30

@@ -136,32 +136,24 @@ def generate(
 
 
 @combination_param
-def test_update_from_the_previous_release_equals_a_fresh_copy(
-    combination: Combination, template_repo: releases.TemplateRepo, tmp_path: Path
+@pytest.mark.parametrize("edits", [(), USER_EDITS], ids=["untouched", "edited"])
+def test_update_from_the_previous_release_equals_a_fresh_copy_plus_the_users_edits(
+    combination: Combination,
+    edits: Sequence[Edit],
+    template_repo: releases.TemplateRepo,
+    tmp_path: Path,
 ) -> None:
+    """Untouched, the project becomes a fresh copy of the current template; edited, the edits
+    survive and the template's changes arrive."""
     answers = answers_for(combination)
     previous = template_repo.previous.tag
-    project = generate(tmp_path / "project", answers, template_repo.path, previous)
+    project = generate(tmp_path / "project", answers, template_repo.path, previous, edits)
     assert yaml.safe_load((project / ".copier-answers.yml").read_text())["_commit"] == previous
 
     update(project)
 
-    fresh = render(tmp_path / "fresh", answers, src=template_repo.path)
-    assert_same_tree(project, fresh)
-
-
-@combination_param
-def test_update_keeps_the_users_edits_and_brings_the_templates_changes(
-    combination: Combination, template_repo: releases.TemplateRepo, tmp_path: Path
-) -> None:
-    answers = answers_for(combination)
-    previous = template_repo.previous.tag
-    project = generate(tmp_path / "project", answers, template_repo.path, previous, USER_EDITS)
-
-    update(project)
-
     expected = render(tmp_path / "expected", answers, src=template_repo.path)
-    apply(USER_EDITS, expected)
+    apply(edits, expected)
     assert_same_tree(project, expected)
 
 
