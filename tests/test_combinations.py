@@ -409,3 +409,20 @@ def test_pre_commit_hooks_pass(project: Path, venv: Path, tmp_path: Path) -> Non
     run(["git", "init", "--quiet"], checkout)
     run(["git", "add", "-A"], checkout)
     run([pre_commit, "run", "--all-files"], checkout, env)
+
+
+@combination_param
+def test_dockerfile_is_valid_multi_stage_non_root_and_healthchecked(project: Path) -> None:
+    """No Docker engine runs here: hadolint checks the Dockerfile, and this test checks its
+    shape and that everything it copies exists."""
+    run([str(Path(sys.executable).parent / "hadolint"), "Dockerfile"], project)
+    text = (project / "Dockerfile").read_text()
+    assert len(re.findall(r"^FROM ", text, flags=re.MULTILINE)) == 2
+    assert re.search(r"^USER 10001:10001$", text, flags=re.MULTILINE)
+    assert "HEALTHCHECK" in text and "/health" in text
+    assert text.rstrip().endswith('CMD ["gunicorn", "-c", "gunicorn.conf.py"]')
+    for source in re.findall(r"^COPY (?!--from)(?:--\S+ )*(.+) \S+$", text, flags=re.MULTILINE):
+        for name in source.split():
+            assert (project / name).exists(), name
+    ignored = (project / ".dockerignore").read_text().split()
+    assert {".venv", ".env", ".git"} <= set(ignored)
