@@ -17,6 +17,7 @@ import pytest
 import yaml
 
 from tests.combinations import COMBINATIONS, REPO_ROOT
+from tests.services import free_port
 
 WORKFLOW = REPO_ROOT / ".github" / "workflows" / "ci.yml"
 pytestmark = pytest.mark.xdist_group("ci")
@@ -73,13 +74,6 @@ def test_ci_runs_the_readme_test_command() -> None:
     ).stdout.strip()
     assert extracted == readme_command("test")
     assert extracted.endswith("uv run pytest")
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 def get(url: str) -> tuple[int, bytes]:

@@ -8,7 +8,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import time
 import urllib.error
@@ -31,16 +30,10 @@ from tests.projects import (
     redis_url_for,
     run,
 )
+from tests.services import free_port
 
 GRACEFUL_TIMEOUT = 10
 START_TIMEOUT = 60
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 def request(method: str, url: str, body: dict[str, Any] | None = None) -> tuple[int, Any]:
