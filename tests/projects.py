@@ -61,19 +61,33 @@ def database_url_for(combination: Combination) -> str:
     return f"{server}/cf_{combination.id.replace('-', '_')}"
 
 
-def create_database(combination: Combination, suffix: str = "") -> str:
+def create_database(combination: Combination, suffix: str = "", empty: bool = False) -> str:
     """The combination's database (see `database_url_for`; a `suffix` names another one),
-    created if it is missing."""
+    created if it is missing; with `empty`, dropped and created anew."""
     url = database_url_for(combination) + (f"_{suffix}" if suffix else "")
     name = url.rsplit("/", 1)[1]
-    result = subprocess.run(
-        [postgres_bin("psql"), os.environ["POSTGRES_URL"], "-c", f'CREATE DATABASE "{name}"'],
-        capture_output=True,
-        text=True,
-    )
-    if result.returncode != 0 and "already exists" not in result.stderr:
-        pytest.fail(f"Could not create the database {name}: {result.stderr}")
+    statements = [f'DROP DATABASE IF EXISTS "{name}"'] if empty else []
+    for statement in [*statements, f'CREATE DATABASE "{name}"']:
+        result = subprocess.run(
+            [postgres_bin("psql"), os.environ["POSTGRES_URL"], "-c", statement],
+            capture_output=True,
+            text=True,
+        )
+        if result.returncode != 0 and "already exists" not in result.stderr:
+            pytest.fail(f"`{statement}` failed: {result.stderr}")
     return url
+
+
+def sqlite_url(combination: Combination, path: Path) -> str:
+    """The URL of a SQLite file, as the combination's ORM spells it."""
+    return f"sqlite://{path}" if combination.orm == "tortoise" else f"sqlite:///{path}"
+
+
+def migrate_command(combination: Combination, venv: Path) -> list[str]:
+    """The project's command that applies its migrations."""
+    if combination.orm == "tortoise":
+        return [str(venv / "bin" / "aerich"), "upgrade"]
+    return [str(venv / "bin" / "alembic"), "upgrade", "head"]
 
 
 def redis_url_for(combination: Combination) -> str:
@@ -85,3 +99,8 @@ COMBINATION_PARAMS = [
     pytest.param(c, id=c.id, marks=pytest.mark.xdist_group(c.id)) for c in COMBINATIONS
 ]
 combination_param = pytest.mark.parametrize("combination", COMBINATION_PARAMS, indirect=True)
+sqlalchemy_combination_param = pytest.mark.parametrize(
+    "combination",
+    [p for c, p in zip(COMBINATIONS, COMBINATION_PARAMS, strict=True) if c.orm == "sqlalchemy"],
+    indirect=True,
+)

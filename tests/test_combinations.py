@@ -27,9 +27,11 @@ from tests.projects import (
     answers_for,
     combination_param,
     database_url_for,
+    migrate_command,
     project_env,
     redis_url_for,
     run,
+    sqlite_url,
 )
 
 JINJA_LEFTOVER = re.compile(r"\{\{|\{%|%\}|\{#")
@@ -90,8 +92,20 @@ def test_files_match_the_combination(project: Path, combination: Combination) ->
         ".gitignore",
         ".pre-commit-config.yaml",
         ".github/workflows/ci.yml",
+        "Dockerfile",
+        ".dockerignore",
+        "compose.yaml",
     ):
         assert (project / name).is_file(), name
+    assert (package / "migrations.py").exists() == (combination.orm == "tortoise")
+    migrations = project / "migrations"
+    if combination.orm == "sqlalchemy":
+        assert (migrations / "env.py").is_file()
+        assert [p.name for p in (migrations / "versions").iterdir()] == [
+            "0001_create_items_and_jobs.py"
+        ]
+    else:
+        assert [p.name for p in (migrations / "models").iterdir()] == ["0_20261121000000_init.py"]
 
 
 def dependency_names(project: Path) -> set[str]:
@@ -118,12 +132,12 @@ def test_dependencies_are_exactly_what_the_combination_needs(
     }
     if combination.orm == "tortoise":
         postgresql = combination.database == "postgresql"
-        expected.add("tortoise-orm[asyncpg]" if postgresql else "tortoise-orm")
+        expected |= {"aerich", "tortoise-orm[asyncpg]" if postgresql else "tortoise-orm"}
     elif combination.is_async:
-        expected.add("sqlalchemy[asyncio]")
+        expected |= {"alembic", "sqlalchemy[asyncio]"}
         expected.add("asyncpg" if combination.database == "postgresql" else "aiosqlite")
     else:
-        expected.add("sqlalchemy")
+        expected |= {"alembic", "sqlalchemy"}
         if combination.database == "postgresql":
             expected.add("psycopg[binary]")
     if combination.task_queue == "celery":
@@ -436,3 +450,54 @@ def test_dockerfile_is_valid_multi_stage_non_root_and_healthchecked(project: Pat
             assert (project / name).exists(), name
     ignored = (project / ".dockerignore").read_text().split()
     assert {".venv", ".env", ".git"} <= set(ignored)
+
+
+@combination_param
+def test_compose_file_is_valid_and_starts_what_the_combination_needs(
+    project: Path, combination: Combination, venv: Path
+) -> None:
+    """No Docker engine runs here: the Compose specification's JSON schema checks the file, and
+    this test checks its services, their health checks and the order they start in."""
+    check = Path(sys.executable).parent / "check-jsonschema"
+    run([str(check), "--builtin-schema", "vendor.compose-spec", "compose.yaml"], project)
+    services = yaml.safe_load((project / "compose.yaml").read_text())["services"]
+    postgresql = combination.database == "postgresql"
+    celery = combination.task_queue == "celery"
+    backing = {"db"} if postgresql else set()
+    backing |= {"redis"} if celery else set()
+    assert set(services) == {"migrate", "app"} | backing | ({"worker"} if celery else set())
+
+    migrate, *arguments = migrate_command(combination, venv)
+    assert services["migrate"]["command"] == [Path(migrate).name, *arguments]
+    assert services["migrate"]["restart"] == "no"
+    assert services["migrate"].get("depends_on", {}) == {
+        name: {"condition": "service_healthy"} for name in backing - {"redis"}
+    }
+    for name in {"app", "worker"} & set(services):
+        assert services[name]["depends_on"] == {
+            "migrate": {"condition": "service_completed_successfully"},
+            **{other: {"condition": "service_healthy"} for other in backing},
+        }
+    for name in set(services) - {"migrate"}:
+        assert services[name]["healthcheck"]["test"], name
+
+    for name in {"migrate", "app", "worker"} & set(services):
+        service = services[name]
+        assert service["build"] == "."
+        environment = service["environment"]
+        assert environment["ENVIRONMENT"] == "production"
+        assert ("REDIS_URL" in environment) == celery
+        if postgresql:
+            scheme = "postgres" if combination.orm == "tortoise" else "postgresql"
+            assert environment["DATABASE_URL"].startswith(f"{scheme}://{SLUG}:${{POSTGRES_PASS")
+            assert environment["DATABASE_URL"].endswith(f"@db:5432/{SLUG}")
+        else:
+            data = Path("/data") / f"{SLUG}.db"
+            assert environment["DATABASE_URL"] == sqlite_url(combination, data)
+            assert service["volumes"] == ["data:/data"]
+    if postgresql:
+        db = services["db"]
+        assert db["environment"]["POSTGRES_USER"] == db["environment"]["POSTGRES_DB"] == SLUG
+        assert "max_connections=100" in db["command"]
+    if celery:
+        assert services["worker"]["command"][:2] == ["celery", f"--app={SLUG}.worker"]

@@ -11,6 +11,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+from tests.combinations import COMBINATIONS, render
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
 DOCS = REPO_ROOT / "docs"
 
@@ -85,3 +87,37 @@ def test_every_question_has_a_heading(question: str) -> None:
     pages = documented_headings()
     where = [page for page, texts in pages.items() if any(word.search(t) for t in texts)]
     assert where, f"no page under docs/ has a heading naming the question {question!r}"
+
+
+CODE_BLOCK = re.compile(r"^( *)```python\n(.*?)^\1```", re.DOTALL | re.MULTILINE)
+# Every combination, and one with a fixed worker count, as the pages show them.
+SHOWN = [c.data for c in COMBINATIONS] + [{**COMBINATIONS[3].data, "workers": 4}]
+
+
+@pytest.fixture(scope="module")
+def generated_lines(tmp_path_factory: pytest.TempPathFactory) -> set[str]:
+    """Every line (stripped) of every file of the projects the pages show."""
+    lines: set[str] = set()
+    for number, data in enumerate(SHOWN):
+        project = render(tmp_path_factory.mktemp(f"shown-{number}") / "my-service", data)
+        for path in project.rglob("*"):
+            if path.is_file():
+                lines.update(line.strip() for line in path.read_text().splitlines())
+    return lines
+
+
+@pytest.mark.parametrize(
+    "page", [str(page.relative_to(DOCS)) for page in sorted(DOCS.rglob("*.md"))]
+)
+def test_python_shown_in_the_docs_is_the_generated_code(
+    page: str, generated_lines: set[str]
+) -> None:
+    """Code blocks are excerpts: each of their lines is a line of a generated file."""
+    markdown = (DOCS / page).read_text(encoding="utf-8")
+    missing = []
+    for block in CODE_BLOCK.finditer(markdown):
+        first = markdown.count("\n", 0, block.start(2)) + 1
+        for offset, line in enumerate(block.group(2).splitlines()):
+            if line.strip() not in generated_lines | {"", "..."}:
+                missing.append(f"{page}:{first + offset}: {line.strip()}")
+    assert not missing, "not in any generated file:\n" + "\n".join(missing)

@@ -1,5 +1,6 @@
-"""Every combination served for real: gunicorn boots the project's own gunicorn.conf.py on a
-free loopback port against its real database (and, for Celery, a real worker on real Redis);
+"""Every combination served for real, in production mode: its migrations build the schema, then
+gunicorn boots the project's own gunicorn.conf.py on a free loopback port against its real
+database (and, for Celery, a real worker on real Redis);
 the worker count is the one asked for, the API works under more concurrent requests than it
 has connections, and SIGTERM shuts it down cleanly within graceful_timeout."""
 
@@ -26,9 +27,11 @@ from tests.projects import (
     answers_for,
     combination_param,
     create_database,
+    migrate_command,
     project_env,
     redis_url_for,
     run,
+    sqlite_url,
 )
 from tests.services import free_port
 
@@ -72,11 +75,9 @@ def environment(combination: Combination, tmp_path: Path) -> dict[str, str]:
     }
     env.pop("WEB_CONCURRENCY", None)
     if combination.database == "postgresql":
-        env["DATABASE_URL"] = create_database(combination)
-    elif combination.orm == "tortoise":
-        env["DATABASE_URL"] = f"sqlite://{tmp_path / 'serve.db'}"
+        env["DATABASE_URL"] = create_database(combination, "serve", empty=True)
     else:
-        env["DATABASE_URL"] = f"sqlite:///{tmp_path / 'serve.db'}"
+        env["DATABASE_URL"] = sqlite_url(combination, tmp_path / "serve.db")
     if combination.task_queue == "celery":
         env["REDIS_URL"] = redis_url_for(combination)
         env["CELERY_CONCURRENCY"] = "2"
@@ -147,6 +148,8 @@ def test_serves_under_gunicorn(
 ) -> None:
     env = environment(combination, tmp_path)
     bin_dir = venv / "bin"
+    # In production the app leaves the schema to the migrations.
+    run(migrate_command(combination, venv), project, env)
     with ExitStack() as stack:
         if combination.task_queue == "celery":
             worker = stack.enter_context(
