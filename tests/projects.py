@@ -3,8 +3,11 @@ servers it is given, and running its tools."""
 
 from __future__ import annotations
 
+import contextlib
 import os
+import sqlite3
 import subprocess
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -83,11 +86,76 @@ def sqlite_url(combination: Combination, path: Path) -> str:
     return f"sqlite://{path}" if combination.orm == "tortoise" else f"sqlite:///{path}"
 
 
+def sqlite_file(url: str) -> str:
+    """The path of the SQLite file a URL names (an absolute one, as the tests write them)."""
+    return "/" + url.split("://", 1)[1].lstrip("/")
+
+
+def query(combination: Combination, url: str, statement: str) -> list[str]:
+    """Run one SQL statement on the database at `url`: its rows, the columns joined by `|`."""
+    if combination.database == "postgresql":
+        output = subprocess.run(
+            [postgres_bin("psql"), url, "--tuples-only", "--no-align", "--command", statement],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
+        return output.splitlines()
+    with contextlib.closing(sqlite3.connect(sqlite_file(url))) as connection, connection:
+        return ["|".join(map(str, row)) for row in connection.execute(statement)]
+
+
+def tables(combination: Combination, url: str) -> set[str]:
+    """The names of the tables in the database's default schema."""
+    if combination.database == "postgresql":
+        statement = "SELECT tablename FROM pg_tables WHERE schemaname = 'public'"
+    else:
+        statement = "SELECT name FROM sqlite_master WHERE type = 'table'"
+    return set(query(combination, url, statement))
+
+
 def migrate_command(combination: Combination, venv: Path) -> list[str]:
     """The project's command that applies its migrations."""
     if combination.orm == "tortoise":
         return [str(venv / "bin" / "aerich"), "upgrade"]
     return [str(venv / "bin" / "alembic"), "upgrade", "head"]
+
+
+def check_command(combination: Combination, venv: Path) -> list[str]:
+    """The ORM tool's own comparison of the models with the migrations."""
+    if combination.orm == "tortoise":
+        return [str(venv / "bin" / "aerich"), "migrate", "--name", "check"]
+    return [str(venv / "bin" / "alembic"), "check"]
+
+
+def check_output_is_clean(combination: Combination, output: str) -> None:
+    """What `check_command` says when there is nothing left to migrate."""
+    clean = "No changes detected" if combination.orm == "tortoise" else "No new upgrade operations"
+    assert clean in output, output
+
+
+START_UP = f"""\
+import asyncio
+
+from {SLUG}.main import create_app
+
+
+async def main() -> None:
+    app = create_app()
+    async with app.router.lifespan_context(app):
+        pass
+
+
+if __name__ == "__main__":
+    asyncio.run(main())
+"""
+
+
+def start_up(project: Path, env: dict[str, str], tmp_path: Path) -> None:
+    """Run the app's lifespan (start-up and shutdown) once, with `env`."""
+    script = tmp_path / "start_up.py"
+    script.write_text(START_UP)
+    run([str(project / ".venv" / "bin" / "python"), str(script)], project, env)
 
 
 def redis_url_for(combination: Combination) -> str:
@@ -99,8 +167,9 @@ COMBINATION_PARAMS = [
     pytest.param(c, id=c.id, marks=pytest.mark.xdist_group(c.id)) for c in COMBINATIONS
 ]
 combination_param = pytest.mark.parametrize("combination", COMBINATION_PARAMS, indirect=True)
-sqlalchemy_combination_param = pytest.mark.parametrize(
-    "combination",
-    [p for c, p in zip(COMBINATIONS, COMBINATION_PARAMS, strict=True) if c.orm == "sqlalchemy"],
-    indirect=True,
-)
+
+
+def combinations_where(keep: Callable[[Combination], bool]) -> pytest.MarkDecorator:
+    """Like `combination_param`, for the combinations `keep` is true of."""
+    params = [p for c, p in zip(COMBINATIONS, COMBINATION_PARAMS, strict=True) if keep(c)]
+    return pytest.mark.parametrize("combination", params, indirect=True)

@@ -1,5 +1,6 @@
 """`copier update`: from the previous release to HEAD, with and without the user's own edits,
-with changed answers, through a conflict, and refusing an invalid combination.
+with changed answers, through a conflict, refusing an invalid combination, and for a
+production database the previous release created.
 
 The template comes from a temporary repository holding the previous release (tagged) and the
 working tree on top of it (see tests/releases.py)."""
@@ -23,10 +24,17 @@ from tests.projects import (
     COMBINATION_PARAMS,
     SLUG,
     answers_for,
+    check_command,
+    check_output_is_clean,
     combination_param,
+    combinations_where,
     create_database,
+    migrate_command,
     project_env,
+    query,
     run,
+    sqlite_url,
+    start_up,
 )
 
 _repos: dict[str, releases.TemplateRepo] = {}
@@ -155,6 +163,38 @@ def test_update_from_the_previous_release_equals_a_fresh_copy_plus_the_users_edi
     expected = render(tmp_path / "expected", answers, src=template_repo.path)
     apply(edits, expected)
     assert_same_tree(project, expected)
+
+
+# --- a production database of the previous release --------------------------------------------
+
+
+@combinations_where(lambda c: c.task_queue == "background")
+def test_a_production_database_of_the_previous_release_keeps_its_rows_through_the_migrations(
+    combination: Combination, template_repo: releases.TemplateRepo, tmp_path: Path
+) -> None:
+    """What the changelog tells users to do after updating: apply the migrations to the
+    database the previous release's app created its tables in. The rows stay, and the ORM's
+    tool finds the schema and the models in agreement."""
+    previous = template_repo.previous.tag
+    project = generate(tmp_path / "project", answers_for(combination), template_repo.path, previous)
+    if combination.database == "postgresql":
+        url = create_database(combination, "previous", empty=True)
+    else:
+        url = sqlite_url(combination, tmp_path / "production.db")
+    env = {**project_env(), "ENVIRONMENT": "production", "DATABASE_URL": url}
+    run(["uv", "sync", "--python", sys.executable], project, env)
+    git(project, "add", "-A")
+    git(project, "commit", "--quiet", "-m", "Lock the dependencies")
+    # The previous release's app, creating its tables at start-up.
+    start_up(project, {**env, "DB_CREATE_TABLES": "true"}, tmp_path)
+    query(combination, url, "INSERT INTO items (name, quantity) VALUES ('kept', 3)")
+
+    update(project)
+    run(["uv", "sync", "--python", sys.executable], project, env)
+    venv = project / ".venv"
+    run(migrate_command(combination, venv), project, env)
+    check_output_is_clean(combination, run(check_command(combination, venv), project, env))
+    assert query(combination, url, "SELECT name, quantity FROM items") == ["kept|3"]
 
 
 # --- a conflict ------------------------------------------------------------------------------
