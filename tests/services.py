@@ -11,6 +11,7 @@ import contextlib
 import glob
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -174,12 +175,18 @@ def ensure_services() -> Iterator[dict[str, str]]:
         yield urls
 
 
+def unwind(signum: int, frame: object) -> None:
+    """SIGTERM unwinds like Ctrl-C does, so the servers are stopped on the way out."""
+    raise KeyboardInterrupt
+
+
 def main(argv: list[str]) -> int:
     """`python -m tests.services COMMAND...`: run COMMAND with the servers' URLs in its
     environment, starting servers for the variables that are not set, and stop them after."""
     if not argv:
         print("usage: python -m tests.services COMMAND [ARG...]", file=sys.stderr)
         return 2
+    signal.signal(signal.SIGTERM, unwind)
     try:
         with ensure_services() as urls:
             for variable, url in urls.items():
@@ -188,6 +195,9 @@ def main(argv: list[str]) -> int:
     except ServiceError as exc:
         print(f"The test servers are not available: {exc}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt:
+        print("Interrupted: the test servers are stopped.", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":
