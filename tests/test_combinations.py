@@ -11,7 +11,6 @@ import ast
 import json
 import os
 import re
-import shutil
 import subprocess
 import sys
 import tomllib
@@ -421,18 +420,16 @@ def test_ci_workflow_is_valid_and_starts_the_services_it_needs(
 
 @combination_param
 def test_pre_commit_hooks_pass(project: Path, venv: Path, tmp_path: Path) -> None:
-    """The hooks are valid and pass on the generated code, in a git repository of its own."""
+    """The hooks are valid and pass on the generated code, once it is a git repository."""
     config = yaml.safe_load((project / ".pre-commit-config.yaml").read_text())
     hooks = {hook["id"] for repo in config["repos"] for hook in repo["hooks"]}
     assert hooks == {"ruff", "ruff-format", "mypy"}
-    checkout = tmp_path / "checkout"
-    shutil.copytree(project, checkout, symlinks=True)
     pre_commit = str(venv / "bin" / "pre-commit")
     env = {**project_env(), "PRE_COMMIT_HOME": str(tmp_path / "pre-commit-home")}
-    run([pre_commit, "validate-config"], checkout, env)
-    run(["git", "init", "--quiet"], checkout)
-    run(["git", "add", "-A"], checkout)
-    run([pre_commit, "run", "--all-files"], checkout, env)
+    run([pre_commit, "validate-config"], project, env)
+    run(["git", "init", "--quiet"], project)
+    run(["git", "add", "-A"], project)
+    run([pre_commit, "run", "--all-files"], project, env)
 
 
 @combination_param
@@ -470,6 +467,7 @@ def test_compose_file_is_valid_and_starts_what_the_combination_needs(
     migrate, *arguments = migrate_command(combination, venv)
     assert services["migrate"]["command"] == [Path(migrate).name, *arguments]
     assert services["migrate"]["restart"] == "no"
+    assert services["migrate"]["healthcheck"] == {"disable": True}
     assert services["migrate"].get("depends_on", {}) == {
         name: {"condition": "service_healthy"} for name in backing - {"redis"}
     }
