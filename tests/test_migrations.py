@@ -5,6 +5,7 @@ README says."""
 
 from __future__ import annotations
 
+import contextlib
 import sqlite3
 import subprocess
 from pathlib import Path
@@ -44,9 +45,9 @@ def environment(url: str, mode: str) -> dict[str, str]:
 def schema(combination: Combination, url: str) -> str:
     """The tables' definitions as the database itself reports them."""
     if combination.database == "postgresql":
-        tables = [arg for table in TABLES for arg in ("--table", table)]
+        selection = [arg for table in TABLES for arg in ("--table", table)]
         dump = subprocess.run(
-            [postgres_bin("pg_dump"), "--schema-only", "--no-owner", *tables, url],
+            [postgres_bin("pg_dump"), "--schema-only", "--no-owner", *selection, url],
             capture_output=True,
             text=True,
             check=True,
@@ -57,7 +58,7 @@ def schema(combination: Combination, url: str) -> str:
             for line in dump.splitlines()
             if line and not line.startswith(("--", "\\restrict", "\\unrestrict"))
         )
-    with sqlite3.connect(sqlite_file(url)) as connection:
+    with contextlib.closing(sqlite3.connect(sqlite_file(url))) as connection:
         return "\n".join(
             f"{table} {pragma}: {row}"
             for table in TABLES
