@@ -74,6 +74,9 @@ def environment(combination: Combination, tmp_path: Path) -> dict[str, str]:
         "DB_MAX_OVERFLOW": "1",
     }
     env.pop("WEB_CONCURRENCY", None)
+    # A home of its own: gunicorn must not create its control socket there (or anywhere).
+    env["HOME"] = str(tmp_path / "home")
+    (tmp_path / "home").mkdir()
     if combination.database == "postgresql":
         env["DATABASE_URL"] = create_database(combination, "serve", empty=True)
     else:
@@ -187,6 +190,8 @@ def test_serves_under_gunicorn(
                 stop_cleanly(server, log)
             with pytest.raises(OSError):
                 request("GET", f"{base}/health")
+            assert "Control socket" not in log.read_text()
+    assert not (tmp_path / "home" / ".gunicorn").exists()
 
 
 def exercise_the_api(base: str) -> None:
