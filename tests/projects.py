@@ -86,6 +86,19 @@ def sqlite_url(combination: Combination, path: Path) -> str:
     return f"sqlite://{path}" if combination.orm == "tortoise" else f"sqlite:///{path}"
 
 
+def empty_database(combination: Combination, name: str, tmp_path: Path) -> str:
+    """The URL of an empty database of the combination's kind: on the suite's PostgreSQL
+    server, created anew, or a SQLite file in `tmp_path`."""
+    if combination.database == "postgresql":
+        return create_database(combination, name, empty=True)
+    return sqlite_url(combination, tmp_path / f"{name}.db")
+
+
+def database_env(url: str, environment: str) -> dict[str, str]:
+    """The project's environment for running against the database at `url`."""
+    return {**project_env(), "ENVIRONMENT": environment, "DATABASE_URL": url}
+
+
 def sqlite_file(url: str) -> str:
     """The path of the SQLite file a URL names (an absolute one, as the tests write them)."""
     return "/" + url.split("://", 1)[1].lstrip("/")

@@ -25,6 +25,7 @@ from tests.projects import (
     SLUG,
     answers_for,
     combination_param,
+    combinations_where,
     database_url_for,
     migrate_command,
     project_env,
@@ -318,9 +319,7 @@ def needs_servers(combination: Combination) -> list[str]:
     )
 
 
-@pytest.mark.parametrize(
-    "combination", [p for p in COMBINATION_PARAMS if needs_servers(p.values[0])], indirect=True
-)
+@combinations_where(lambda c: bool(needs_servers(c)))
 def test_own_test_suite_fails_naming_the_variable_of_an_unreachable_service(
     project: Path, venv: Path, combination: Combination
 ) -> None:

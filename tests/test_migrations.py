@@ -17,29 +17,17 @@ from tests.projects import (
     check_output_is_clean,
     combination_param,
     combinations_where,
-    create_database,
+    database_env,
+    empty_database,
     migrate_command,
-    project_env,
     run,
     sqlite_file,
-    sqlite_url,
     start_up,
     tables,
 )
 from tests.services import postgres_bin
 
 TABLES = ("items", "jobs")
-
-
-def database(combination: Combination, name: str, tmp_path: Path) -> str:
-    """An empty database of the combination's kind."""
-    if combination.database == "postgresql":
-        return create_database(combination, name, empty=True)
-    return sqlite_url(combination, tmp_path / f"{name}.db")
-
-
-def environment(url: str, mode: str) -> dict[str, str]:
-    return {**project_env(), "ENVIRONMENT": mode, "DATABASE_URL": url}
 
 
 def schema(combination: Combination, url: str) -> str:
@@ -73,14 +61,14 @@ def test_migrations_build_the_schema_the_app_creates(
 ) -> None:
     """The project's own tests/test_migrations.py checks the migrations against the models with
     the ORM's tool; test_update.py takes a database the previous release created through them."""
-    migrated = database(combination, "migrated", tmp_path)
-    run(migrate_command(combination, venv), project, environment(migrated, "production"))
+    migrated = empty_database(combination, "migrated", tmp_path)
+    run(migrate_command(combination, venv), project, database_env(migrated, "production"))
 
-    created = database(combination, "created", tmp_path)
+    created = empty_database(combination, "created", tmp_path)
     # In production the app leaves the schema to the migrations; in development it creates it.
-    start_up(project, environment(created, "production"), tmp_path)
+    start_up(project, database_env(created, "production"), tmp_path)
     assert not set(TABLES) & tables(combination, created)
-    start_up(project, environment(created, "development"), tmp_path)
+    start_up(project, database_env(created, "development"), tmp_path)
     assert set(TABLES) <= tables(combination, created)
     assert schema(combination, migrated) == schema(combination, created)
 
@@ -90,9 +78,9 @@ def test_alembic_writes_the_sql_of_the_migrations_offline(
     project: Path, venv: Path, combination: Combination, tmp_path: Path
 ) -> None:
     """`alembic upgrade head --sql`: the SQL for a database administrator, with no connection."""
-    url = database(combination, "offline", tmp_path)
+    url = empty_database(combination, "offline", tmp_path)
     command = [*migrate_command(combination, venv), "--sql"]
-    output = run(command, project, environment(url, "production"))
+    output = run(command, project, database_env(url, "production"))
     for table in TABLES:
         assert f"CREATE TABLE IF NOT EXISTS {table}" in output, output
     assert not set(TABLES) & tables(combination, url)
@@ -129,8 +117,8 @@ def test_a_model_change_gets_a_clean_migration_that_applies(
     anchor, column = NEW_COLUMN[combination.orm]
     assert anchor in original
     before = set((project / "migrations").rglob("*.py"))
-    url = database(combination, "revision", tmp_path)
-    env = environment(url, "development")
+    url = empty_database(combination, "revision", tmp_path)
+    env = database_env(url, "development")
     try:
         run(migrate_command(combination, venv), project, env)
         models.write_text(original.replace(anchor, anchor + column))

@@ -26,12 +26,11 @@ from tests.projects import (
     SLUG,
     answers_for,
     combination_param,
-    create_database,
+    empty_database,
     migrate_command,
     project_env,
     redis_url_for,
     run,
-    sqlite_url,
 )
 from tests.services import free_port
 
@@ -77,10 +76,7 @@ def environment(combination: Combination, tmp_path: Path) -> dict[str, str]:
     # A home of its own: gunicorn must not create its control socket there (or anywhere).
     env["HOME"] = str(tmp_path / "home")
     (tmp_path / "home").mkdir()
-    if combination.database == "postgresql":
-        env["DATABASE_URL"] = create_database(combination, "serve", empty=True)
-    else:
-        env["DATABASE_URL"] = sqlite_url(combination, tmp_path / "serve.db")
+    env["DATABASE_URL"] = empty_database(combination, "serve", tmp_path)
     if combination.task_queue == "celery":
         env["REDIS_URL"] = redis_url_for(combination)
         env["CELERY_CONCURRENCY"] = "2"

@@ -29,11 +29,12 @@ from tests.projects import (
     combination_param,
     combinations_where,
     create_database,
+    database_env,
+    empty_database,
     migrate_command,
     project_env,
     query,
     run,
-    sqlite_url,
     start_up,
 )
 
@@ -177,11 +178,8 @@ def test_a_production_database_of_the_previous_release_keeps_its_rows_through_th
     tool finds the schema and the models in agreement."""
     previous = template_repo.previous.tag
     project = generate(tmp_path / "project", answers_for(combination), template_repo.path, previous)
-    if combination.database == "postgresql":
-        url = create_database(combination, "previous", empty=True)
-    else:
-        url = sqlite_url(combination, tmp_path / "production.db")
-    env = {**project_env(), "ENVIRONMENT": "production", "DATABASE_URL": url}
+    url = empty_database(combination, "previous", tmp_path)
+    env = database_env(url, "production")
     run(["uv", "sync", "--python", sys.executable], project, env)
     git(project, "add", "-A")
     git(project, "commit", "--quiet", "-m", "Lock the dependencies")
