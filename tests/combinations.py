@@ -1,15 +1,18 @@
-"""The valid combinations of the core answers, and rendering the template for one of them."""
+"""The valid combinations of the core answers: picking them by their answers, parametrizing tests
+over them, and rendering the template for one of them."""
 
 from __future__ import annotations
 
 import itertools
 import os
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import copier
+import pytest
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -47,6 +50,41 @@ COMBINATIONS = [
         ["background", "celery"],
     )
 ]
+
+
+def combination_with(**answers: str) -> Combination:
+    """The one combination with these answers (the others at their defaults: SQLite, async
+    SQLAlchemy, BackgroundTasks)."""
+    wanted = {"database": "sqlite", "db_mode": "async", "orm": "sqlalchemy"}
+    wanted |= {"task_queue": "background", **answers}
+    combination = Combination(**wanted)
+    if combination not in COMBINATIONS:
+        raise ValueError(f"{combination.id} is not a valid combination")
+    return combination
+
+
+def combination_params(keep: Callable[[Combination], bool] = lambda c: True) -> list[Any]:
+    """The combinations `keep` is true of, as parameters for the `combination` fixture: named
+    by their answers, marked `combination` (CI runs them one job per combination), and grouped
+    per combination so that one xdist worker renders and installs each once."""
+    return [
+        pytest.param(c, id=c.id, marks=[pytest.mark.combination, pytest.mark.xdist_group(c.id)])
+        for c in COMBINATIONS
+        if keep(c)
+    ]
+
+
+def combinations_where(keep: Callable[[Combination], bool]) -> pytest.MarkDecorator:
+    """Parametrize a test over the combinations `keep` is true of."""
+    return pytest.mark.parametrize("combination", combination_params(keep), indirect=True)
+
+
+def for_combination(combination: Combination) -> pytest.MarkDecorator:
+    """Parametrize a test over one combination."""
+    return combinations_where(lambda c: c == combination)
+
+
+combination_param = combinations_where(lambda c: True)
 
 
 def isolated_copier_settings() -> None:

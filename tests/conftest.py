@@ -15,7 +15,7 @@ from tests import services
 from tests.combinations import Combination, isolated_copier_settings, render
 from tests.projects import answers_for, project_env, run
 
-_services: contextlib.ExitStack | None = None
+SERVERS = pytest.StashKey[contextlib.ExitStack]()
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -23,7 +23,6 @@ def pytest_configure(config: pytest.Config) -> None:
 
     The URLs go into the environment, which the workers inherit.
     """
-    global _services
     isolated_copier_settings()
     # Projects become git repositories (copier update needs one): commits need an author.
     for variable, value in {
@@ -35,47 +34,66 @@ def pytest_configure(config: pytest.Config) -> None:
         os.environ.setdefault(variable, value)
     if hasattr(config, "workerinput") or config.option.collectonly:
         return
-    _services = contextlib.ExitStack()
+    servers = config.stash[SERVERS] = contextlib.ExitStack()
     try:
-        urls = _services.enter_context(services.ensure_services())
+        urls = servers.enter_context(services.ensure_services())
     except (services.ServiceError, OSError) as exc:
-        _services.close()
+        servers.close()
         raise pytest.UsageError(f"The test servers are not available: {exc}") from exc
     os.environ.update(urls)
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:
-    if _services is not None:
-        _services.close()
+    if SERVERS in config.stash:
+        config.stash[SERVERS].close()
 
 
-_rendered: dict[str, Path] = {}
-_installed: set[str] = set()
+class Projects:
+    """The combinations rendered and installed so far in this process (an xdist worker): each
+    once, however many tests use it."""
+
+    def __init__(self, tmp_path_factory: pytest.TempPathFactory) -> None:
+        self.tmp_path_factory = tmp_path_factory
+        self.rendered: dict[Combination, Path] = {}
+        self.installed: set[Combination] = set()
+
+    def project(self, combination: Combination) -> Path:
+        if combination not in self.rendered:
+            dst = self.tmp_path_factory.mktemp(combination.id) / "project"
+            self.rendered[combination] = render(dst, answers_for(combination))
+        return self.rendered[combination]
+
+    def venv(self, combination: Combination) -> Path:
+        """The project installed with `uv sync` from its own pyproject."""
+        project = self.project(combination)
+        if combination not in self.installed:
+            run(["uv", "sync", "--python", sys.executable], project, project_env())
+            self.installed.add(combination)
+        return project / ".venv"
+
+
+@pytest.fixture(scope="session")
+def projects(tmp_path_factory: pytest.TempPathFactory) -> Projects:
+    return Projects(tmp_path_factory)
 
 
 @pytest.fixture
 def combination(request: pytest.FixtureRequest) -> Combination:
-    """Set by `combination_param` on each test."""
+    """Set on each test by the parametrize helpers of tests.combinations."""
     combination: Combination = request.param
     return combination
 
 
 @pytest.fixture
-def project(combination: Combination, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The combination rendered once for this worker process (its tests share an xdist group)."""
-    if combination.id not in _rendered:
-        dst = tmp_path_factory.mktemp(combination.id) / "project"
-        _rendered[combination.id] = render(dst, answers_for(combination))
-    return _rendered[combination.id]
+def project(combination: Combination, projects: Projects) -> Path:
+    """The combination, rendered once per worker process (its tests share an xdist group)."""
+    return projects.project(combination)
 
 
 @pytest.fixture
-def venv(project: Path, combination: Combination) -> Path:
-    """The project installed with `uv sync` from its own pyproject, once per worker process."""
-    if combination.id not in _installed:
-        run(["uv", "sync", "--python", sys.executable], project, project_env())
-        _installed.add(combination.id)
-    return project / ".venv"
+def venv(combination: Combination, projects: Projects) -> Path:
+    """The combination's virtual environment, installed once per worker process."""
+    return projects.venv(combination)
 
 
 @pytest.fixture(scope="session")

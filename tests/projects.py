@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import sqlite3
 import subprocess
-from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -56,6 +56,15 @@ def run(
 def project_env() -> dict[str, str]:
     """The project's tools must not see this repository's virtual environment."""
     return {"VIRTUAL_ENV": "", "UV_PROJECT_ENVIRONMENT": ""}
+
+
+def assert_own_tests_pass(project: Path, env: dict[str, str]) -> None:
+    """Run the project's own test suite with `env`: it must pass, skipping nothing."""
+    command = [str(project / ".venv" / "bin" / "pytest"), "-p", "no:cacheprovider", "-q"]
+    output = run(command, project, {**project_env(), **env})
+    summary = output.strip().splitlines()[-1]
+    assert re.search(r"\b\d+ passed\b", summary) and "failed" not in summary, output
+    assert "skipped" not in summary, output
 
 
 def database_url_for(combination: Combination) -> str:
@@ -174,15 +183,3 @@ def start_up(project: Path, env: dict[str, str], tmp_path: Path) -> None:
 def redis_url_for(combination: Combination) -> str:
     """A Redis database of the combination's own, so that parallel runs share no queue."""
     return f"{os.environ['REDIS_URL']}/{COMBINATIONS.index(combination) + 1}"
-
-
-COMBINATION_PARAMS = [
-    pytest.param(c, id=c.id, marks=pytest.mark.xdist_group(c.id)) for c in COMBINATIONS
-]
-combination_param = pytest.mark.parametrize("combination", COMBINATION_PARAMS, indirect=True)
-
-
-def combinations_where(keep: Callable[[Combination], bool]) -> pytest.MarkDecorator:
-    """Like `combination_param`, for the combinations `keep` is true of."""
-    params = [p for c, p in zip(COMBINATIONS, COMBINATION_PARAMS, strict=True) if keep(c)]
-    return pytest.mark.parametrize("combination", params, indirect=True)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import re
+import shlex
 import signal
 import socket
 import subprocess
@@ -15,6 +16,10 @@ from pathlib import Path
 
 import pytest
 import yaml
+
+# pytest's own evaluation of -m and -k expressions, to check what each CI job selects.
+from _pytest.mark import KeywordMatcher, MarkMatcher
+from _pytest.mark.expression import Expression
 
 from tests.combinations import COMBINATIONS, REPO_ROOT
 from tests.services import free_port
@@ -128,13 +133,67 @@ def port_is_open(port: int) -> bool:
         return sock.connect_ex(("127.0.0.1", port)) == 0
 
 
-def test_the_workflow_jobs_together_run_every_test_module() -> None:
-    """The template job and the combination jobs between them cover every test module."""
-    jobs = yaml.safe_load(WORKFLOW.read_text())["jobs"]
-    template_run = jobs["template"]["steps"][-1]["run"]
-    combination_run = jobs["combination"]["steps"][-1]["run"]
-    per_combination = set(re.findall(r"tests/(test_\w+\.py)", combination_run))
-    ignored = set(re.findall(r"--ignore=tests/(test_\w+\.py)", template_run))
-    assert per_combination == ignored
-    modules = {path.name for path in (REPO_ROOT / "tests").glob("test_*.py")}
-    assert per_combination <= modules
+def job_selections() -> dict[str, list[str]]:
+    """The pytest arguments of every CI job: the local run's (`.ci/run` runs the README's
+    command, which selects everything) and each GitHub job's, once per matrix value."""
+    selections = {".ci/run": shlex.split(readme_command("test").rsplit("uv run pytest", 1)[1])}
+    for name, job in yaml.safe_load(WORKFLOW.read_text())["jobs"].items():
+        matrix = job.get("strategy", {}).get("matrix", {})
+        values = [{}] if not matrix else [{k: v} for k, vs in matrix.items() for v in vs]
+        for step in job["steps"]:
+            if "uv run pytest" not in step.get("run", ""):
+                continue
+            for value in values:
+                command = step["run"]
+                for key, replacement in value.items():
+                    command = command.replace(f"${{{{ matrix.{key} }}}}", replacement)
+                label = " ".join([name, *value.values()])
+                selections[label] = shlex.split(command.split("uv run pytest", 1)[1])
+    for label, arguments in selections.items():
+        assert set(arguments[::2]) <= {"-m", "-k"}, f"{label} selects tests not by -m/-k alone"
+    return selections
+
+
+def selects(arguments: list[str], item: pytest.Item) -> bool:
+    """Whether pytest run with `arguments` (`-m` and `-k` only) runs `item`, by pytest's own
+    matching of marker and keyword expressions."""
+    options = dict(zip(arguments[::2], arguments[1::2], strict=True))
+    if "-m" in options and not Expression.compile(options["-m"]).evaluate(
+        MarkMatcher.from_markers(item.iter_markers())
+    ):
+        return False
+    return "-k" not in options or Expression.compile(options["-k"]).evaluate(
+        KeywordMatcher.from_item(item)
+    )
+
+
+def jobs_running_each_test(selections: dict[str, list[str]]) -> dict[str, list[str]]:
+    """Every test of this repository (collected anew, whatever this run selected), with the
+    jobs among `selections` that run it."""
+    jobs: dict[str, list[str]] = {}
+
+    class Recorder:
+        @pytest.hookimpl(trylast=True)
+        def pytest_collection_modifyitems(self, items: list[pytest.Item]) -> None:
+            for item in items:
+                jobs[item.nodeid] = [
+                    name for name, args in selections.items() if selects(args, item)
+                ]
+
+    arguments = ["--collect-only", "-q", "-o", "addopts=", "-p", "no:cacheprovider"]
+    exit_code = pytest.main([*arguments, str(REPO_ROOT / "tests")], plugins=[Recorder()])
+    assert exit_code == pytest.ExitCode.OK
+    return jobs
+
+
+def test_every_test_is_run_by_ci_run_and_by_exactly_one_github_job() -> None:
+    """A new test module cannot fall between the GitHub jobs, nor run in two of them."""
+    selections = job_selections()
+    assert len(selections) == 1 + 1 + len(COMBINATIONS), selections
+    jobs = jobs_running_each_test(selections)
+    assert len(jobs) > 300
+    assert all(".ci/run" in names for names in jobs.values())
+    wrong = {test: names for test, names in jobs.items() if len(names) != 2}
+    assert not wrong, wrong
+    per_combination = [names for names in jobs.values() if "combination" in " ".join(names)]
+    assert len(per_combination) > len(COMBINATIONS)

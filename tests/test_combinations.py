@@ -16,16 +16,17 @@ import sys
 import tomllib
 from pathlib import Path
 
-import pytest
 import yaml
 
-from tests.combinations import Combination
-from tests.projects import (
-    COMBINATION_PARAMS,
-    SLUG,
-    answers_for,
+from tests.combinations import (
+    Combination,
     combination_param,
     combinations_where,
+)
+from tests.projects import (
+    SLUG,
+    answers_for,
+    assert_own_tests_pass,
     database_url_for,
     migrate_command,
     project_env,
@@ -284,26 +285,15 @@ def test_gunicorn_config_carries_the_answers(
 
 
 @combination_param
-def test_lint_format_and_types_are_clean(project: Path, venv: Path) -> None:
-    bin_dir = venv / "bin"
-    run([str(bin_dir / "ruff"), "check", "--no-cache", "."], project)
-    run([str(bin_dir / "ruff"), "format", "--check", "--no-cache", "."], project)
-    run([str(bin_dir / "mypy")], project)
-
-
-@combination_param
 def test_own_test_suite_passes(project: Path, venv: Path, combination: Combination) -> None:
     """Against SQLite, or a real PostgreSQL; the Celery combinations with a real worker and a
     real Redis (a Redis database of their own, so parallel runs do not share a queue)."""
-    env = project_env()
+    env = {}
     if combination.database == "postgresql":
         env["DATABASE_URL"] = database_url_for(combination)
     if combination.task_queue == "celery":
         env["REDIS_URL"] = redis_url_for(combination)
-    output = run([str(venv / "bin" / "pytest"), "-p", "no:cacheprovider", "-q"], project, env)
-    summary = output.strip().splitlines()[-1]
-    assert re.search(r"\b\d+ passed\b", summary) and "failed" not in summary, output
-    assert "skipped" not in summary, output
+    assert_own_tests_pass(project, env)
 
 
 UNREACHABLE = {
@@ -340,15 +330,7 @@ def test_own_test_suite_fails_naming_the_variable_of_an_unreachable_service(
         assert "passed" not in output.strip().splitlines()[-1], output
 
 
-@pytest.mark.parametrize(
-    "combination",
-    [
-        p
-        for p in COMBINATION_PARAMS
-        if p.values[0].database == "postgresql" and p.values[0].task_queue == "celery"
-    ],
-    indirect=True,
-)
+@combinations_where(lambda c: c.database == "postgresql" and c.task_queue == "celery")
 def test_installs_with_pip(project: Path, tmp_path: Path) -> None:
     """`pip install -e .` works as well as `uv sync` (shown for the largest dependency sets)."""
     pip_venv = tmp_path / "pip-venv"
@@ -418,8 +400,12 @@ def test_ci_workflow_is_valid_and_starts_the_services_it_needs(
 
 
 @combination_param
-def test_pre_commit_hooks_pass(project: Path, venv: Path, tmp_path: Path) -> None:
-    """The hooks are valid and pass on the generated code, once it is a git repository."""
+def test_lint_format_and_types_are_clean_by_the_projects_pre_commit_hooks(
+    project: Path, venv: Path, tmp_path: Path
+) -> None:
+    """The project's hooks are valid, and they pass on the generated code once it is a git
+    repository: `ruff check --fix`, `ruff format` (either fails if it changes a file) and
+    `mypy --strict` (the project's configuration), all from the project's own environment."""
     config = yaml.safe_load((project / ".pre-commit-config.yaml").read_text())
     hooks = {hook["id"] for repo in config["repos"] for hook in repo["hooks"]}
     assert hooks == {"ruff", "ruff-format", "mypy"}

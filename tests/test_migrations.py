@@ -10,13 +10,11 @@ import sqlite3
 import subprocess
 from pathlib import Path
 
-from tests.combinations import Combination
+from tests.combinations import Combination, combination_param, combinations_where
 from tests.projects import (
     SLUG,
     check_command,
     check_output_is_clean,
-    combination_param,
-    combinations_where,
     database_env,
     empty_database,
     migrate_command,

@@ -21,11 +21,10 @@ from typing import Any
 
 import pytest
 
-from tests.combinations import Combination
+from tests.combinations import Combination, combination_param
 from tests.projects import (
     SLUG,
     answers_for,
-    combination_param,
     empty_database,
     migrate_command,
     project_env,
