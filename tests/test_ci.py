@@ -79,6 +79,8 @@ def test_ci_runs_the_readme_test_command() -> None:
     ).stdout.strip()
     assert extracted == readme_command("test")
     assert extracted.endswith("uv run pytest")
+    # Everything the suite needs, the README's command gets itself.
+    assert not re.search(r"apt-get|apt |pip |brew |npm ", script), script
 
 
 def get(url: str) -> tuple[int, bytes]:

