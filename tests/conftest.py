@@ -42,6 +42,12 @@ def pytest_configure(config: pytest.Config) -> None:
     os.environ.update(urls)
 
 
+def pytest_xdist_auto_num_workers(config: pytest.Config) -> int:
+    """`-n auto`: half as many workers again as CPUs. Much of a test's time is spent waiting
+    for servers and subprocesses, so one worker per CPU leaves CPUs idle."""
+    return max(2, (os.cpu_count() or 1) * 3 // 2)
+
+
 def pytest_unconfigure(config: pytest.Config) -> None:
     if SERVERS in config.stash:
         config.stash[SERVERS].close()
