@@ -164,58 +164,70 @@ def reachable_programs(programs: dict[str, str], user: str | None, workdir: Path
     }
 
 
+class Postgres:
+    """A PostgreSQL server in `workdir`, on a free loopback port, that can be stopped and
+    started again (as a database restart does) on the same port and data."""
+
+    def __init__(self, workdir: Path, env: Mapping[str, str] = os.environ) -> None:
+        self.workdir = workdir
+        self.data = workdir / "pgdata"
+        self.log = workdir / "postgres.log"
+        self.user = server_user()
+        self.programs = reachable_programs(
+            {name: postgres_bin(name, env) for name in ("initdb", "postgres")}, self.user, workdir
+        )
+        if self.user is not None:
+            shutil.chown(workdir, self.user)
+        initdb = [self.programs["initdb"], "-D", str(self.data), "-U", "postgres", "-A", "trust"]
+        subprocess.run(
+            as_user(self.user, [*initdb, "-E", "UTF8"]),
+            cwd=workdir,
+            check=True,
+            capture_output=True,
+        )
+        self.port = free_port()
+        self.url = f"postgresql://postgres@127.0.0.1:{self.port}/postgres"
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        settings = {
+            "max_connections": "300",
+            "fsync": "off",
+            "synchronous_commit": "off",
+            "full_page_writes": "off",
+        }
+        command = [self.programs["postgres"], "-D", str(self.data), "-p", str(self.port)]
+        command += ["-h", "127.0.0.1", "-k", str(self.workdir)]
+        command += [f"--{name}={value}" for name, value in settings.items()]
+        with self.log.open("ab") as log:
+            self.process = subprocess.Popen(
+                as_user(self.user, command), cwd=self.workdir, stdout=log, stderr=subprocess.STDOUT
+            )
+        wait_for_port(self.port, self.process, self.log, "PostgreSQL")
+
+    def stop(self) -> None:
+        """A fast shutdown: the server disconnects its clients and stops."""
+        if self.process is None:
+            return
+        # The server's own process (not `runuser`'s), from the pid file it writes.
+        with contextlib.suppress(FileNotFoundError, ValueError, ProcessLookupError):
+            postmaster = int((self.data / "postmaster.pid").read_text().split()[0])
+            os.kill(postmaster, signal.SIGINT)
+        stop(self.process)
+        self.process = None
+
+    def __enter__(self) -> Postgres:
+        self.start()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop()
+
+
 @contextlib.contextmanager
 def postgres(workdir: Path, env: Mapping[str, str] = os.environ) -> Iterator[str]:
-    data = workdir / "pgdata"
-    log = workdir / "postgres.log"
-    user = server_user()
-    programs = reachable_programs(
-        {name: postgres_bin(name, env) for name in ("initdb", "postgres")}, user, workdir
-    )
-    if user is not None:
-        shutil.chown(workdir, user)
-    subprocess.run(
-        as_user(
-            user,
-            [programs["initdb"], "-D", str(data), "-U", "postgres", "-A", "trust", "-E", "UTF8"],
-        ),
-        cwd=workdir,
-        check=True,
-        capture_output=True,
-    )
-    port = free_port()
-    process = subprocess.Popen(
-        as_user(
-            user,
-            [
-                programs["postgres"],
-                "-D",
-                str(data),
-                "-p",
-                str(port),
-                "-h",
-                "127.0.0.1",
-                "-k",
-                str(workdir),
-                "-c",
-                "max_connections=300",
-                "-c",
-                "fsync=off",
-                "-c",
-                "synchronous_commit=off",
-                "-c",
-                "full_page_writes=off",
-            ],
-        ),
-        cwd=workdir,
-        stdout=log.open("wb"),
-        stderr=subprocess.STDOUT,
-    )
-    try:
-        wait_for_port(port, process, log, "PostgreSQL")
-        yield f"postgresql://postgres@127.0.0.1:{port}/postgres"
-    finally:
-        stop(process)
+    with Postgres(workdir, env) as server:
+        yield server.url
 
 
 @contextlib.contextmanager

@@ -10,6 +10,7 @@ import json
 import os
 import signal
 import subprocess
+import tempfile
 import time
 import urllib.error
 import urllib.request
@@ -21,13 +22,15 @@ from typing import Any
 
 import pytest
 
-from tests.combinations import Combination, combination_param
+from tests import services
+from tests.combinations import Combination, combination_param, combinations_where
 from tests.projects import (
     SLUG,
     answers_for,
     empty_database,
     migrate_command,
     project_env,
+    query,
     redis_url_for,
     run,
 )
@@ -61,7 +64,9 @@ def children(pid: int) -> list[int]:
     return found
 
 
-def environment(combination: Combination, tmp_path: Path) -> dict[str, str]:
+def environment(
+    combination: Combination, tmp_path: Path, database: str = "serve"
+) -> dict[str, str]:
     env = {
         **os.environ,
         **project_env(),
@@ -75,7 +80,7 @@ def environment(combination: Combination, tmp_path: Path) -> dict[str, str]:
     # A home of its own: gunicorn must not create its control socket there (or anywhere).
     env["HOME"] = str(tmp_path / "home")
     (tmp_path / "home").mkdir()
-    env["DATABASE_URL"] = empty_database(combination, "serve", tmp_path)
+    env["DATABASE_URL"] = empty_database(combination, database, tmp_path)
     if combination.task_queue == "celery":
         env["REDIS_URL"] = redis_url_for(combination)
         env["CELERY_CONCURRENCY"] = "2"
@@ -212,3 +217,135 @@ def exercise_the_api(base: str) -> None:
     with ThreadPoolExecutor(max_workers=24) as pool:
         statuses = list(pool.map(create, range(96)))
     assert statuses == [201] * 96
+
+
+OVERLOAD_CLIENTS = 40
+OVERLOAD_SECONDS = 4
+OVERLOAD_POOL_TIMEOUT = 3
+
+
+def timed_get(url: str) -> tuple[int, str | None, float]:
+    """GET `url`: its status, its Retry-After header and how long it took."""
+    started = time.monotonic()
+    try:
+        with urllib.request.urlopen(url, timeout=60) as response:
+            response.read()
+            status, retry_after = response.status, response.headers["Retry-After"]
+    except urllib.error.HTTPError as error:
+        error.read()
+        status, retry_after = error.code, error.headers["Retry-After"]
+    return status, retry_after, time.monotonic() - started
+
+
+@combinations_where(lambda c: c.database == "postgresql" and c.task_queue == "background")
+def test_overload_queues_and_never_deadlocks(
+    project: Path, venv: Path, combination: Combination, tmp_path: Path
+) -> None:
+    """20 times more concurrent clients than connections (one worker, two connections):
+    every request is answered, 200 or 503 with Retry-After, none waits longer than the pool
+    timeout allows, and once the load stops a request answers at once and no connection is
+    left idle in a transaction."""
+    env = environment(combination, tmp_path, "overload") | {
+        "WEB_CONCURRENCY": "1",
+        "DB_POOL_SIZE": "2",
+        "DB_MAX_OVERFLOW": "0",
+        "DB_POOL_TIMEOUT": str(OVERLOAD_POOL_TIMEOUT),
+    }
+    run(migrate_command(combination, venv), project, env)
+    port = free_port()
+    base = f"http://127.0.0.1:{port}"
+    log = tmp_path / "gunicorn.log"
+    gunicorn = [str(venv / "bin" / "gunicorn"), "-c", "gunicorn.conf.py"]
+    with process(gunicorn, project, {**env, "BIND": f"127.0.0.1:{port}"}, log) as server:
+        wait_until_serving(base, server, log)
+        ids = [request("POST", f"{base}/items", {"name": f"item-{n}"})[1]["id"] for n in range(20)]
+
+        def client(n: int) -> list[tuple[int, str | None, float]]:
+            answers = []
+            deadline = time.monotonic() + OVERLOAD_SECONDS
+            while time.monotonic() < deadline:
+                answers.append(timed_get(f"{base}/items/{ids[(n + len(answers)) % len(ids)]}"))
+            return answers
+
+        with ThreadPoolExecutor(max_workers=OVERLOAD_CLIENTS) as pool:
+            answers = [
+                a for answered in pool.map(client, range(OVERLOAD_CLIENTS)) for a in answered
+            ]
+
+        statuses = {status for status, _, _ in answers}
+        assert statuses <= {200, 503}, statuses
+        assert all(retry for status, retry, _ in answers if status == 503)
+        assert sum(status == 200 for status, _, _ in answers) >= OVERLOAD_CLIENTS
+        slowest = max(seconds for _, _, seconds in answers)
+        assert slowest < OVERLOAD_POOL_TIMEOUT + 2, f"a request took {slowest:.1f} s"
+
+        status, _, seconds = timed_get(f"{base}/items/{ids[0]}")
+        assert (status, seconds < 1) == (200, True), (status, seconds)
+        idle = (
+            "SELECT count(*) FROM pg_stat_activity"
+            " WHERE datname = current_database() AND state = 'idle in transaction'"
+        )
+        assert query(combination, env["DATABASE_URL"], idle) == ["0"]
+        stop_cleanly(server, log)
+
+
+RESTART_CLIENTS = 8
+
+
+@combinations_where(
+    lambda c: c.orm == "sqlalchemy" and c.database == "postgresql" and c.task_queue == "background"
+)
+def test_a_database_restart_costs_503s_never_500s_and_the_pool_recovers(
+    project: Path, venv: Path, combination: Combination, tmp_path: Path
+) -> None:
+    """A PostgreSQL server of the test's own is restarted (fast shutdown, then start) under
+    load: requests meanwhile answer 200 or 503 with Retry-After, never 500 nor a dropped
+    connection, and once it is back every request succeeds, with no restart of the app."""
+    with (
+        tempfile.TemporaryDirectory(prefix="cf-restart-") as workdir,
+        services.Postgres(Path(workdir)) as database,
+    ):
+        run([services.postgres_bin("psql"), database.url, "-c", "CREATE DATABASE app"], project)
+        env = environment(combination, tmp_path, "restart") | {
+            "DATABASE_URL": database.url.rsplit("/", 1)[0] + "/app",
+            "WEB_CONCURRENCY": "1",
+            "DB_POOL_SIZE": "2",
+            "DB_MAX_OVERFLOW": "0",
+        }
+        run(migrate_command(combination, venv), project, env)
+        port = free_port()
+        base = f"http://127.0.0.1:{port}"
+        log = tmp_path / "gunicorn.log"
+        gunicorn = [str(venv / "bin" / "gunicorn"), "-c", "gunicorn.conf.py"]
+        with process(gunicorn, project, {**env, "BIND": f"127.0.0.1:{port}"}, log) as server:
+            wait_until_serving(base, server, log)
+            item = request("POST", f"{base}/items", {"name": "kept"})[1]
+            stop_loading = time.monotonic() + 8
+
+            def client(n: int) -> list[tuple[float, int, str | None]]:
+                answers = []
+                while (now := time.monotonic()) < stop_loading:
+                    try:
+                        status, retry_after, _ = timed_get(f"{base}/items/{item['id']}")
+                    except OSError as error:  # a dropped connection: counted, never allowed
+                        status, retry_after = 0, str(error)
+                    answers.append((now, status, retry_after))
+                return answers
+
+            with ThreadPoolExecutor(max_workers=RESTART_CLIENTS) as pool:
+                loads = [pool.submit(client, n) for n in range(RESTART_CLIENTS)]
+                time.sleep(2)
+                database.stop()
+                time.sleep(1)
+                database.start()
+                restarted = time.monotonic()
+                answers = [answer for load in loads for answer in load.result()]
+
+            statuses = [status for _, status, _ in answers]
+            counts = {status: statuses.count(status) for status in set(statuses)}
+            assert set(counts) <= {200, 503}, (counts, log.read_text()[-3000:])
+            assert counts.get(503, 0) > 0, counts  # the outage was seen, and answered 503
+            assert all(retry for _, status, retry in answers if status == 503)
+            recovered = [status for at, status, _ in answers if at > restarted + 1]
+            assert recovered and set(recovered) == {200}, counts
+            stop_cleanly(server, log)
