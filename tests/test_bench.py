@@ -1,0 +1,36 @@
+"""The benchmark harness (bench/) keeps working: in smoke mode it renders the sync stack,
+serves it and its hand-written peer, loads both with k6 at normal load and at overload, and
+prints its table. Its timings are the benchmark's to report, not this test's to judge."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+from tests.combinations import REPO_ROOT
+
+pytestmark = pytest.mark.xdist_group("bench")
+
+
+def test_the_benchmark_runs_in_smoke_mode() -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "bench", "--smoke"],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    rows = [line.split(" | ") for line in result.stdout.splitlines() if line.startswith("| sync")]
+    assert [(row[0], row[1]) for row in rows] == [
+        ("| sync SQLAlchemy (hand-written)", "8"),
+        ("| sync SQLAlchemy (hand-written)", "40"),
+        ("| sync SQLAlchemy (generated)", "8"),
+        ("| sync SQLAlchemy (generated)", "40"),
+    ], result.stdout
+    # Every request the generated app was sent got a 200, and its throughput was measured.
+    for row in rows[2:]:
+        assert float(row[2]) > 0 and row[6] == "0 (0)", result.stdout
+    assert "x its peer" in rows[2][-1], result.stdout
