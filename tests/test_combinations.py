@@ -21,7 +21,9 @@ import yaml
 from tests.combinations import (
     Combination,
     combination_param,
+    combination_with,
     combinations_where,
+    for_combination,
 )
 from tests.projects import (
     SLUG,
@@ -330,9 +332,11 @@ def test_own_test_suite_fails_naming_the_variable_of_an_unreachable_service(
         assert "passed" not in output.strip().splitlines()[-1], output
 
 
-@combinations_where(lambda c: c.database == "postgresql" and c.task_queue == "celery")
+@for_combination(combination_with(database="postgresql", db_mode="sync", task_queue="celery"))
 def test_installs_with_pip(project: Path, tmp_path: Path) -> None:
-    """`pip install -e .` works as well as `uv sync` (shown for the largest dependency sets)."""
+    """`pip install -e .` works as well as `uv sync`: every combination's pyproject.toml has
+    the same build system and layout, so one with a large dependency set stands for all (uv
+    installs every combination)."""
     pip_venv = tmp_path / "pip-venv"
     run([sys.executable, "-m", "venv", str(pip_venv)], tmp_path)
     python = str(pip_venv / "bin" / "python")
