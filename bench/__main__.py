@@ -186,12 +186,7 @@ def serve(app: App, project: Path, env: dict[str, str], log: Path) -> Iterator[s
             time.sleep(0.2)
         yield base
     finally:
-        os.killpg(server.pid, signal.SIGTERM)
-        try:
-            server.wait(timeout=40)
-        except subprocess.TimeoutExpired:
-            os.killpg(server.pid, signal.SIGKILL)
-            server.wait()
+        stop(server)
 
 
 def post_job(base: str, n: int) -> str:
@@ -243,12 +238,17 @@ def celery_worker(project: Path, env: dict[str, str], log: Path) -> Iterator[Non
     try:
         yield
     finally:
-        os.killpg(worker.pid, signal.SIGTERM)
-        try:
-            worker.wait(timeout=40)
-        except subprocess.TimeoutExpired:
-            os.killpg(worker.pid, signal.SIGKILL)
-            worker.wait()
+        stop(worker)
+
+
+def stop(process: subprocess.Popen[bytes]) -> None:
+    """Stop a process this harness started, and its children (its own process group)."""
+    os.killpg(process.pid, signal.SIGTERM)
+    try:
+        process.wait(timeout=40)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait()
 
 
 def k6() -> str:

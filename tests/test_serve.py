@@ -219,8 +219,24 @@ def exercise_the_api(base: str) -> None:
     assert statuses == [201] * 96
 
 
+@contextmanager
+def migrated_and_served(
+    combination: Combination, project: Path, venv: Path, env: dict[str, str], tmp_path: Path
+) -> Iterator[tuple[str, subprocess.Popen[bytes], Path]]:
+    """The migrations applied to `env`'s database, then gunicorn serving the project on a free
+    loopback port: its base URL, its process and its log."""
+    run(migrate_command(combination, venv), project, env)
+    port = free_port()
+    base = f"http://127.0.0.1:{port}"
+    log = tmp_path / "gunicorn.log"
+    gunicorn = [str(venv / "bin" / "gunicorn"), "-c", "gunicorn.conf.py"]
+    with process(gunicorn, project, {**env, "BIND": f"127.0.0.1:{port}"}, log) as server:
+        wait_until_serving(base, server, log)
+        yield base, server, log
+
+
 OVERLOAD_CLIENTS = 40
-OVERLOAD_SECONDS = 4
+OVERLOAD_SECONDS = 3
 OVERLOAD_POOL_TIMEOUT = 3
 
 
@@ -251,13 +267,7 @@ def test_overload_queues_and_never_deadlocks(
         "DB_MAX_OVERFLOW": "0",
         "DB_POOL_TIMEOUT": str(OVERLOAD_POOL_TIMEOUT),
     }
-    run(migrate_command(combination, venv), project, env)
-    port = free_port()
-    base = f"http://127.0.0.1:{port}"
-    log = tmp_path / "gunicorn.log"
-    gunicorn = [str(venv / "bin" / "gunicorn"), "-c", "gunicorn.conf.py"]
-    with process(gunicorn, project, {**env, "BIND": f"127.0.0.1:{port}"}, log) as server:
-        wait_until_serving(base, server, log)
+    with migrated_and_served(combination, project, venv, env, tmp_path) as (base, server, log):
         ids = [request("POST", f"{base}/items", {"name": f"item-{n}"})[1]["id"] for n in range(20)]
 
         def client(n: int) -> list[tuple[int, str | None, float]]:
@@ -312,13 +322,8 @@ def test_a_database_restart_costs_503s_never_500s_and_the_pool_recovers(
             "DB_POOL_SIZE": "2",
             "DB_MAX_OVERFLOW": "0",
         }
-        run(migrate_command(combination, venv), project, env)
-        port = free_port()
-        base = f"http://127.0.0.1:{port}"
-        log = tmp_path / "gunicorn.log"
-        gunicorn = [str(venv / "bin" / "gunicorn"), "-c", "gunicorn.conf.py"]
-        with process(gunicorn, project, {**env, "BIND": f"127.0.0.1:{port}"}, log) as server:
-            wait_until_serving(base, server, log)
+        served = migrated_and_served(combination, project, venv, env, tmp_path)
+        with served as (base, server, log):
             item = request("POST", f"{base}/items", {"name": "kept"})[1]
             stop_loading = time.monotonic() + 8
 
