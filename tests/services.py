@@ -285,32 +285,3 @@ def ensure_services(env: Mapping[str, str] = os.environ) -> Iterator[dict[str, s
             workdir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="cf-svc-")))
             urls[variable] = stack.enter_context(start(workdir, env))
         yield urls
-
-
-def unwind(signum: int, frame: object) -> None:
-    """SIGTERM unwinds like Ctrl-C does, so the servers are stopped on the way out."""
-    raise KeyboardInterrupt
-
-
-def main(argv: list[str]) -> int:
-    """`python -m tests.services COMMAND...`: run COMMAND with the servers' URLs in its
-    environment, starting servers for the variables that are not set, and stop them after."""
-    if not argv:
-        print("usage: python -m tests.services COMMAND [ARG...]", file=sys.stderr)
-        return 2
-    signal.signal(signal.SIGTERM, unwind)
-    try:
-        with ensure_services() as urls:
-            for variable, url in urls.items():
-                print(f"{variable}={url}", file=sys.stderr)
-            return subprocess.run(argv, env={**os.environ, **urls}).returncode
-    except ServiceError as exc:
-        print(f"The test servers are not available: {exc}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        print("Interrupted: the test servers are stopped.", file=sys.stderr)
-        return 130
-
-
-if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))
