@@ -19,8 +19,17 @@ pytestmark = pytest.mark.xdist_group("releases")
 CHANGELOG = REPO_ROOT / "CHANGELOG.md"
 
 
-def changelog_versions() -> list[str]:
+UNRELEASED = "Unreleased"
+
+
+def changelog_headings() -> list[str]:
     return re.findall(r"^## (\S+)", CHANGELOG.read_text(), flags=re.MULTILINE)
+
+
+def changelog_versions() -> list[str]:
+    """The released versions: every entry but the changes not yet released, on top."""
+    headings = changelog_headings()
+    return headings[1:] if headings[:1] == [UNRELEASED] else headings
 
 
 def as_tuple(version: str) -> tuple[int, ...]:
@@ -30,6 +39,7 @@ def as_tuple(version: str) -> tuple[int, ...]:
 def test_changelog_versions_are_semver_newest_first() -> None:
     versions = changelog_versions()
     assert versions, "CHANGELOG.md lists no release"
+    assert UNRELEASED not in versions, "the changes not yet released go on top"
     assert all(re.fullmatch(r"\d+\.\d+\.\d+", v) for v in versions), versions
     assert versions == sorted(versions, key=as_tuple, reverse=True)
 
