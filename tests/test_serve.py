@@ -302,15 +302,14 @@ def test_overload_queues_and_never_deadlocks(
 RESTART_CLIENTS = 8
 
 
-@combinations_where(
-    lambda c: c.orm == "sqlalchemy" and c.database == "postgresql" and c.task_queue == "background"
-)
+@combinations_where(lambda c: c.database == "postgresql" and c.task_queue == "background")
 def test_a_database_restart_costs_503s_never_500s_and_the_pool_recovers(
     project: Path, venv: Path, combination: Combination, tmp_path: Path
 ) -> None:
     """A PostgreSQL server of the test's own is restarted (fast shutdown, then start) under
     load: requests meanwhile answer 200 or 503 with Retry-After, never 500 nor a dropped
-    connection, and once it is back every request succeeds, with no restart of the app."""
+    connection, readiness answers 503 naming the database, and once it is back every request
+    succeeds, with no restart of the app."""
     with (
         tempfile.TemporaryDirectory(prefix="cf-restart-") as workdir,
         services.Postgres(Path(workdir)) as database,
@@ -341,6 +340,7 @@ def test_a_database_restart_costs_503s_never_500s_and_the_pool_recovers(
                 loads = [pool.submit(client, n) for n in range(RESTART_CLIENTS)]
                 time.sleep(2)
                 database.stop()
+                ready_while_down = request("GET", f"{base}/health/ready")
                 time.sleep(1)
                 database.start()
                 restarted = time.monotonic()
@@ -353,4 +353,6 @@ def test_a_database_restart_costs_503s_never_500s_and_the_pool_recovers(
             assert all(retry for _, status, retry in answers if status == 503)
             recovered = [status for at, status, _ in answers if at > restarted + 1]
             assert recovered and set(recovered) == {200}, counts
+            assert ready_while_down == (503, {"status": "unavailable", "unavailable": ["database"]})
+            assert request("GET", f"{base}/health/ready")[0] == 200
             stop_cleanly(server, log)
