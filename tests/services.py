@@ -230,34 +230,43 @@ def postgres(workdir: Path, env: Mapping[str, str] = os.environ) -> Iterator[str
         yield server.url
 
 
+class Redis:
+    """A Redis server in `workdir`, on a free loopback port, that can be stopped and started
+    again on the same port (its data is not kept)."""
+
+    def __init__(self, workdir: Path, env: Mapping[str, str] = os.environ) -> None:
+        self.workdir = workdir
+        self.log = workdir / "redis.log"
+        self.program = redis_server(env)
+        self.port = free_port()
+        self.url = f"redis://127.0.0.1:{self.port}"
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        command = [self.program, "--port", str(self.port), "--bind", "127.0.0.1"]
+        command += ["--save", "", "--appendonly", "no", "--databases", "64"]
+        command += ["--dir", str(self.workdir)]
+        with self.log.open("ab") as log:
+            self.process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
+        wait_for_port(self.port, self.process, self.log, "Redis")
+
+    def stop(self) -> None:
+        if self.process is not None:
+            stop(self.process)
+            self.process = None
+
+    def __enter__(self) -> Redis:
+        self.start()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop()
+
+
 @contextlib.contextmanager
 def redis(workdir: Path, env: Mapping[str, str] = os.environ) -> Iterator[str]:
-    log = workdir / "redis.log"
-    port = free_port()
-    process = subprocess.Popen(
-        [
-            redis_server(env),
-            "--port",
-            str(port),
-            "--bind",
-            "127.0.0.1",
-            "--save",
-            "",
-            "--appendonly",
-            "no",
-            "--databases",
-            "64",
-            "--dir",
-            str(workdir),
-        ],
-        stdout=log.open("wb"),
-        stderr=subprocess.STDOUT,
-    )
-    try:
-        wait_for_port(port, process, log, "Redis")
-        yield f"redis://127.0.0.1:{port}"
-    finally:
-        stop(process)
+    with Redis(workdir, env) as server:
+        yield server.url
 
 
 def stop(process: subprocess.Popen[bytes]) -> None:

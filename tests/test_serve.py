@@ -6,6 +6,7 @@ has connections, and SIGTERM shuts it down cleanly within graceful_timeout."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -14,7 +15,7 @@ import tempfile
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
@@ -356,3 +357,171 @@ def test_a_database_restart_costs_503s_never_500s_and_the_pool_recovers(
             assert ready_while_down == (503, {"status": "unavailable", "unavailable": ["database"]})
             assert request("GET", f"{base}/health/ready")[0] == 200
             stop_cleanly(server, log)
+
+
+JOB_VISIBILITY_TIMEOUT = 4
+RESTORE_INTERVAL = 5  # the generated worker.py's
+
+
+@contextmanager
+def celery_worker(
+    project: Path, venv: Path, env: dict[str, str], log: Path
+) -> Iterator[subprocess.Popen[bytes]]:
+    """The project's Celery worker, in a process group of its own, stopped (the whole group)
+    if the test leaves it running."""
+    command = [str(venv / "bin" / "celery"), f"--app={SLUG}.worker", "worker", "--loglevel=INFO"]
+    with log.open("wb") as output:
+        worker = subprocess.Popen(
+            command,
+            cwd=project,
+            env=env,
+            stdout=output,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    try:
+        yield worker
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(worker.pid, signal.SIGKILL)
+        worker.wait()
+
+
+def wait_for(condition: Callable[[], bool], what: str, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out waiting until {what}"
+        time.sleep(0.1)
+
+
+@contextmanager
+def row_locked(url: str, job_id: str) -> Iterator[None]:
+    """Hold a lock on the job's row, from a psql session of its own, until the block ends: a
+    worker that marks the job running waits on it, mid-task."""
+    psql = subprocess.Popen(
+        [services.postgres_bin("psql"), url, "--quiet", "--tuples-only"],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert psql.stdin is not None and psql.stdout is not None
+    psql.stdin.write(f"BEGIN; SELECT 1 FROM jobs WHERE id = '{job_id}' FOR UPDATE;\n")
+    psql.stdin.write("\\echo locked\n")
+    psql.stdin.flush()
+    while (line := psql.stdout.readline()) and line.strip() != "locked":
+        pass
+    try:
+        yield
+    finally:
+        psql.stdin.write("COMMIT;\n")
+        psql.stdin.close()
+        psql.wait(timeout=30)
+
+
+def waiting_on_the_lock(combination: Combination, url: str) -> bool:
+    waiting = "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock'"
+    return query(combination, url, f"{waiting} AND datname = current_database()") == ["1"]
+
+
+def job_status(combination: Combination, url: str, job_id: str) -> str:
+    return query(combination, url, f"SELECT status FROM jobs WHERE id = '{job_id}'")[0]
+
+
+@combinations_where(lambda c: c.database == "postgresql" and c.task_queue == "celery")
+def test_a_job_whose_worker_dies_mid_task_runs_again_and_succeeds(
+    project: Path, venv: Path, combination: Combination, tmp_path: Path
+) -> None:
+    """A job is held mid-task (its row locked) and the Celery pool process running it is
+    SIGKILLed: the job goes back to the queue at once and succeeds. Then the same with the
+    whole worker: a new worker runs the job within JOB_VISIBILITY_TIMEOUT seconds."""
+    with (
+        tempfile.TemporaryDirectory(prefix="cf-lost-") as workdir,
+        services.Redis(Path(workdir)) as broker,
+    ):
+        env = environment(combination, tmp_path, "lost") | {
+            "REDIS_URL": broker.url,
+            "CELERY_CONCURRENCY": "1",
+            "JOB_VISIBILITY_TIMEOUT": str(JOB_VISIBILITY_TIMEOUT),
+        }
+        worker_dies_mid_task(combination, project, venv, env, tmp_path)
+
+
+def worker_dies_mid_task(
+    combination: Combination, project: Path, venv: Path, env: dict[str, str], tmp_path: Path
+) -> None:
+    url = env["DATABASE_URL"]
+    with migrated_and_served(combination, project, venv, env, tmp_path) as (base, server, log):
+        # Each job is queued and its row locked before a worker is started to take it.
+        job = request("POST", f"{base}/jobs", {"text": "a pool process dies"})[1]
+        with ExitStack() as lock:
+            lock.enter_context(row_locked(url, job["id"]))
+            with celery_worker(project, venv, env, tmp_path / "celery-1.log") as worker:
+                wait_for(lambda: waiting_on_the_lock(combination, url), "the job is mid-task")
+                (pool_process,) = children(worker.pid)
+                os.kill(pool_process, signal.SIGKILL)
+                lock.close()
+                wait_for(lambda: job_status(combination, url, job["id"]) == "succeeded", "it ran")
+                assert worker.poll() is None, (tmp_path / "celery-1.log").read_text()
+
+        job = request("POST", f"{base}/jobs", {"text": "the whole worker dies"})[1]
+        with ExitStack() as lock:
+            lock.enter_context(row_locked(url, job["id"]))
+            with celery_worker(project, venv, env, tmp_path / "celery-2.log") as worker:
+                wait_for(lambda: waiting_on_the_lock(combination, url), "the job is mid-task")
+                os.killpg(worker.pid, signal.SIGKILL)
+                killed = time.monotonic()
+        with celery_worker(project, venv, env, tmp_path / "celery-3.log"):
+            wait_for(lambda: job_status(combination, url, job["id"]) == "succeeded", "it ran")
+            assert time.monotonic() - killed < JOB_VISIBILITY_TIMEOUT + RESTORE_INTERVAL + 5
+        stop_cleanly(server, log)
+
+
+BROKER_DOWN_POSTS = 5
+
+
+@combinations_where(lambda c: c.database == "postgresql" and c.task_queue == "celery")
+def test_with_the_broker_down_a_job_answers_503_at_once_and_leaves_no_row(
+    project: Path, venv: Path, combination: Combination, tmp_path: Path
+) -> None:
+    """With the test's own Redis stopped, every POST /jobs answers 503 with Retry-After within
+    2 s and leaves no row behind; readiness answers 503 naming the broker; once Redis is back,
+    jobs are accepted again, with no restart of the app."""
+    with (
+        tempfile.TemporaryDirectory(prefix="cf-broker-") as workdir,
+        services.Redis(Path(workdir)) as broker,
+    ):
+        env = environment(combination, tmp_path, "broker") | {"REDIS_URL": broker.url}
+        url = env["DATABASE_URL"]
+        with migrated_and_served(combination, project, venv, env, tmp_path) as (base, server, log):
+            assert request("POST", f"{base}/jobs", {"text": "accepted"})[0] == 202
+            broker.stop()
+            answers = []
+            for n in range(BROKER_DOWN_POSTS):
+                started = time.monotonic()
+                status, retry_after, _ = timed_post(f"{base}/jobs", {"text": f"refused {n}"})
+                answers.append((status, retry_after, time.monotonic() - started))
+            ready = request("GET", f"{base}/health/ready")
+            broker.start()
+            accepted_again = request("POST", f"{base}/jobs", {"text": "accepted again"})[0]
+            stop_cleanly(server, log)
+
+    assert [(status, bool(retry)) for status, retry, _ in answers] == [
+        (503, True)
+    ] * BROKER_DOWN_POSTS, log.read_text()[-3000:]
+    slowest = max(seconds for _, _, seconds in answers)
+    assert slowest < 2, f"a refused job took {slowest:.1f} s"
+    assert query(combination, url, "SELECT count(*) FROM jobs") == ["2"]
+    assert ready == (503, {"status": "unavailable", "unavailable": ["broker"]})
+    assert accepted_again == 202
+
+
+def timed_post(url: str, body: dict[str, Any]) -> tuple[int, str | None, Any]:
+    """POST `body` to `url`: its status, its Retry-After header and its body."""
+    req = urllib.request.Request(
+        url, data=json.dumps(body).encode(), headers={"Content-Type": "application/json"}
+    )
+    try:
+        with urllib.request.urlopen(req, timeout=60) as response:
+            return response.status, response.headers["Retry-After"], json.loads(response.read())
+    except urllib.error.HTTPError as error:
+        return error.code, error.headers["Retry-After"], json.loads(error.read() or b"null")
