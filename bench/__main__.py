@@ -129,6 +129,7 @@ def prepare(combination: Combination, workdir: Path, server: str) -> tuple[Path,
         "DB_POOL_SIZE": str(POOL_SIZE),
         "DB_MAX_OVERFLOW": str(MAX_OVERFLOW),
         "WEB_CONCURRENCY": str(WORKERS),
+        "GUNICORN_DRAIN_SECONDS": "0",
         "HOME": str(workdir),
     }
     run(migrate_command(combination, project / ".venv"), project, env)

@@ -73,6 +73,7 @@ def environment(
         **project_env(),
         "ENVIRONMENT": "production",
         "GUNICORN_GRACEFUL_TIMEOUT": str(GRACEFUL_TIMEOUT),
+        "GUNICORN_DRAIN_SECONDS": "0",  # the signals test sets its own
         # A small pool, so that the burst below needs more connections than there are.
         "DB_POOL_SIZE": "1",
         "DB_MAX_OVERFLOW": "1",
@@ -525,3 +526,119 @@ def timed_post(url: str, body: dict[str, Any]) -> tuple[int, str | None, Any]:
             return response.status, response.headers["Retry-After"], json.loads(response.read())
     except urllib.error.HTTPError as error:
         return error.code, error.headers["Retry-After"], json.loads(error.read() or b"null")
+
+
+DRAIN_SECONDS = 2
+SIGTERM_CLIENTS = 16
+
+
+def process_group(pgid: int) -> dict[int, int]:
+    """The processes of this process group: each one's parent."""
+    found = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[2]) == pgid:
+            found[int(stat.parent.name)] = int(fields[1])
+    return found
+
+
+def orphans(master: int) -> list[int]:
+    """The processes of the server's group that the master is no ancestor of: left behind
+    by a worker that has exited."""
+    group = process_group(master)
+    left = []
+    for pid in group:
+        ancestor = pid
+        while ancestor in group and ancestor != master:
+            ancestor = group[ancestor]
+        if ancestor != master:
+            left.append(pid)
+    return left
+
+
+@contextmanager
+def served_in_a_group_of_its_own(
+    project: Path, venv: Path, env: dict[str, str], log: Path
+) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
+    """gunicorn serving the project, its processes in a process group of their own (killed
+    if the test leaves any running): its base URL and its master process."""
+    port = free_port()
+    base = f"http://127.0.0.1:{port}"
+    gunicorn = [str(venv / "bin" / "gunicorn"), "-c", "gunicorn.conf.py"]
+    with log.open("wb") as output:
+        server = subprocess.Popen(
+            gunicorn,
+            cwd=project,
+            env={**env, "BIND": f"127.0.0.1:{port}"},
+            stdout=output,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    try:
+        wait_until_serving(base, server, log)
+        yield base, server
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(server.pid, signal.SIGKILL)
+        server.wait()
+
+
+@combinations_where(lambda c: c.database == "sqlite" and c.task_queue == "background")
+def test_signals_fail_no_request_and_leave_no_process_behind(
+    project: Path, venv: Path, combination: Combination, tmp_path: Path
+) -> None:
+    """Workers recycled by max_requests and replaced on SIGHUP leave no process behind (the
+    compute pool's, multiprocessing's resource tracker); on SIGTERM under load, gunicorn
+    serves on for its drain period, so that no request sent before the signal fails, then
+    stops, and every process of its group is gone."""
+    env = environment(combination, tmp_path, "signals") | {
+        "WEB_CONCURRENCY": "2",
+        "GUNICORN_DRAIN_SECONDS": str(DRAIN_SECONDS),
+    }
+    run(migrate_command(combination, venv), project, env)
+
+    log = tmp_path / "recycled.log"
+    recycled = env | {"GUNICORN_MAX_REQUESTS": "40"}
+    with served_in_a_group_of_its_own(project, venv, recycled, log) as (base, server):
+        for _ in range(200):  # every worker is recycled a few times
+            # (A connection the exiting worker had accepted but not read may be reset.)
+            with contextlib.suppress(ConnectionError):
+                request("GET", f"{base}/health")
+        wait_for(lambda: not orphans(server.pid), "recycled workers leave nothing", timeout=10)
+        workers = set(children(server.pid))
+        server.send_signal(signal.SIGHUP)
+        wait_for(
+            lambda: len(replaced := set(children(server.pid))) == 2 and not replaced & workers,
+            "new workers have replaced the old",
+        )
+        wait_for(lambda: not orphans(server.pid), "replaced workers leave nothing", timeout=10)
+
+    log = tmp_path / "sigterm.log"
+    with served_in_a_group_of_its_own(project, venv, env, log) as (base, server):
+        signalled_at: float | None = None
+        answers: list[tuple[float, int | str]] = []
+
+        def client() -> None:
+            while signalled_at is None or time.monotonic() < signalled_at + 0.5:
+                sent = time.monotonic()
+                try:
+                    status: int | str = request("GET", f"{base}/health")[0]
+                except OSError as error:
+                    status = type(error).__name__
+                answers.append((sent, status))
+
+        with ThreadPoolExecutor(max_workers=SIGTERM_CLIENTS) as pool:
+            for _ in range(SIGTERM_CLIENTS):
+                pool.submit(client)
+            time.sleep(1)
+            signalled_at = time.monotonic()
+            server.send_signal(signal.SIGTERM)
+        code = server.wait(timeout=DRAIN_SECONDS + GRACEFUL_TIMEOUT + 5)
+        before = [status for sent, status in answers if sent < signalled_at]
+        failed = [status for status in before if status != 200]
+        assert before and not failed, (len(before), failed[:5], log.read_text()[-3000:])
+        assert code == 0, log.read_text()[-3000:]
+        wait_for(lambda: not process_group(server.pid), "every process has exited", timeout=10)
