@@ -150,9 +150,12 @@ def copy_database(url: str, app: App) -> str:
     return f"{server}/{name}"
 
 
+AFTER_TIMEOUT = 60
+
+
 def get(url: str) -> int:
     try:
-        with urllib.request.urlopen(url, timeout=60) as response:
+        with urllib.request.urlopen(url, timeout=AFTER_TIMEOUT) as response:
             response.read()
             return int(response.status)
     except urllib.error.HTTPError as error:
@@ -306,7 +309,9 @@ def measure(
     # Less the connection psql opened to ask again.
     connections = int(psql(env["DATABASE_URL"], sessions)) - opened_before - 1
     started = time.monotonic()
-    get(f"{base}/items/1")
+    # An app that deadlocked may not answer at all: the table then shows the timeout.
+    with contextlib.suppress(TimeoutError):
+        get(f"{base}/items/1")
     after_ms = (time.monotonic() - started) * 1000
     idle = psql(
         env["DATABASE_URL"],
