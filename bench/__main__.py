@@ -150,12 +150,12 @@ def copy_database(url: str, app: App) -> str:
     return f"{server}/{name}"
 
 
-AFTER_TIMEOUT = 60
+REQUEST_TIMEOUT = 60
 
 
 def get(url: str) -> int:
     try:
-        with urllib.request.urlopen(url, timeout=AFTER_TIMEOUT) as response:
+        with urllib.request.urlopen(url, timeout=REQUEST_TIMEOUT) as response:
             response.read()
             return int(response.status)
     except urllib.error.HTTPError as error:
