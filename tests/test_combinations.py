@@ -42,6 +42,7 @@ JINJA_LEFTOVER = re.compile(r"\{\{|\{%|%\}|\{#")
 GENERATED_LATER = {
     ".git",
     ".venv",
+    ".hypothesis",
     ".mypy_cache",
     ".ruff_cache",
     ".pytest_cache",
