@@ -113,7 +113,7 @@ def test_readme_generate_and_serve_command_works_on_a_fresh_clone(tmp_path: Path
                 if server.poll() is not None or time.monotonic() > deadline:
                     pytest.fail(f"The service did not start:\n{log.read_text()}")
                 time.sleep(0.5)
-        assert (status, body) == (200, b'{"status":"ok","detail":null}')
+        assert (status, body) == (200, b'{"status":"ok","unavailable":[]}')
         assert get(f"http://127.0.0.1:{port}/health/ready")[0] == 200
         assert (tmp_path / "my-service" / ".copier-answers.yml").is_file()
     finally:
