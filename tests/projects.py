@@ -54,8 +54,10 @@ def run(
 
 
 def project_env() -> dict[str, str]:
-    """The project's tools must not see this repository's virtual environment."""
-    return {"VIRTUAL_ENV": "", "UV_PROJECT_ENVIRONMENT": ""}
+    """The project's tools must not see this repository's virtual environment; and they cache
+    the bytecode of what they import, as on a user's machine, even where the environment turns
+    that off (PYTHONDONTWRITEBYTECODE): each project's processes import the same modules."""
+    return {"VIRTUAL_ENV": "", "UV_PROJECT_ENVIRONMENT": "", "PYTHONDONTWRITEBYTECODE": ""}
 
 
 def assert_own_tests_pass(project: Path, env: dict[str, str]) -> None:
