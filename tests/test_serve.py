@@ -365,27 +365,34 @@ RESTORE_INTERVAL = 5  # the generated worker.py's
 
 
 @contextmanager
-def celery_worker(
-    project: Path, venv: Path, env: dict[str, str], log: Path
+def in_a_group_of_its_own(
+    command: list[str], cwd: Path, env: dict[str, str], log: Path
 ) -> Iterator[subprocess.Popen[bytes]]:
-    """The project's Celery worker, in a process group of its own, stopped (the whole group)
-    if the test leaves it running."""
-    command = [str(venv / "bin" / "celery"), f"--app={SLUG}.worker", "worker", "--loglevel=INFO"]
+    """A process in a process group of its own, the whole group killed if the test leaves any
+    of it running."""
     with log.open("wb") as output:
-        worker = subprocess.Popen(
+        proc = subprocess.Popen(
             command,
-            cwd=project,
+            cwd=cwd,
             env=env,
             stdout=output,
             stderr=subprocess.STDOUT,
             start_new_session=True,
         )
     try:
-        yield worker
+        yield proc
     finally:
         with contextlib.suppress(ProcessLookupError):
-            os.killpg(worker.pid, signal.SIGKILL)
-        worker.wait()
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+
+
+def celery_worker(
+    project: Path, venv: Path, env: dict[str, str], log: Path
+) -> contextlib.AbstractContextManager[subprocess.Popen[bytes]]:
+    """The project's Celery worker, in a process group of its own."""
+    command = [str(venv / "bin" / "celery"), f"--app={SLUG}.worker", "worker", "--loglevel=INFO"]
+    return in_a_group_of_its_own(command, project, env, log)
 
 
 def wait_for(condition: Callable[[], bool], what: str, timeout: float = 60) -> None:
@@ -568,22 +575,10 @@ def served_in_a_group_of_its_own(
     port = free_port()
     base = f"http://127.0.0.1:{port}"
     gunicorn = [str(venv / "bin" / "gunicorn"), "-c", "gunicorn.conf.py"]
-    with log.open("wb") as output:
-        server = subprocess.Popen(
-            gunicorn,
-            cwd=project,
-            env={**env, "BIND": f"127.0.0.1:{port}"},
-            stdout=output,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-    try:
+    server_env = {**env, "BIND": f"127.0.0.1:{port}"}
+    with in_a_group_of_its_own(gunicorn, project, server_env, log) as server:
         wait_until_serving(base, server, log)
         yield base, server
-    finally:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(server.pid, signal.SIGKILL)
-        server.wait()
 
 
 @combinations_where(lambda c: c.database == "sqlite" and c.task_queue == "background")
