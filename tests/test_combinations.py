@@ -105,11 +105,15 @@ def test_files_match_the_combination(project: Path, combination: Combination) ->
     migrations = project / "migrations"
     if combination.orm == "sqlalchemy":
         assert (migrations / "env.py").is_file()
-        assert [p.name for p in (migrations / "versions").iterdir()] == [
-            "0001_create_items_and_jobs.py"
+        assert sorted(p.name for p in (migrations / "versions").iterdir()) == [
+            "0001_create_items_and_jobs.py",
+            "0002_record_job_attempts_and_changes.py",
         ]
     else:
-        assert [p.name for p in (migrations / "models").iterdir()] == ["0_20261121000000_init.py"]
+        assert sorted(p.name for p in (migrations / "models").iterdir()) == [
+            "0_20261121000000_init.py",
+            "1_20261123000000_record_job_attempts_and_changes.py",
+        ]
 
 
 def dependency_names(project: Path) -> set[str]:

@@ -484,6 +484,92 @@ def worker_dies_mid_task(
         stop_cleanly(server, log)
 
 
+# Jobs are taken for lost this many seconds after they last changed (JOB_STALE_AFTER), and the
+# web app looks for them this often (JOB_RECONCILE_INTERVAL).
+STALE_AFTER = 3
+RECONCILE_INTERVAL = 0.5
+
+
+def reconciling(env: dict[str, str]) -> dict[str, str]:
+    return env | {
+        "JOB_STALE_AFTER": str(STALE_AFTER),
+        "JOB_RECONCILE_INTERVAL": str(RECONCILE_INTERVAL),
+    }
+
+
+@combinations_where(lambda c: c.database == "postgresql" and c.task_queue == "celery")
+def test_a_job_the_broker_lost_is_queued_again_and_succeeds(
+    project: Path, venv: Path, combination: Combination, tmp_path: Path
+) -> None:
+    """A job is queued while no worker runs, then the test's own Redis restarts, keeping
+    nothing: the task is gone and the row says queued. The web app finds the job lost and
+    queues it again, and a worker runs it."""
+    with (
+        tempfile.TemporaryDirectory(prefix="cf-lost-task-") as workdir,
+        services.Redis(Path(workdir)) as broker,
+    ):
+        env = reconciling(environment(combination, tmp_path, "lost_task")) | {
+            "REDIS_URL": broker.url,
+            "JOB_VISIBILITY_TIMEOUT": str(STALE_AFTER - 1),
+        }
+        url = env["DATABASE_URL"]
+        with migrated_and_served(combination, project, venv, env, tmp_path) as (base, server, log):
+            job = request("POST", f"{base}/jobs", {"text": "the broker forgets me"})[1]
+            broker.stop()
+            broker.start()
+            with celery_worker(project, venv, env, tmp_path / "celery.log"):
+                wait_for(
+                    lambda: job_status(combination, url, job["id"]) == "succeeded",
+                    "the job ran",
+                    timeout=STALE_AFTER + 30,
+                )
+            stop_cleanly(server, log)
+    assert f"Job {job['id']} lost its run: queuing it again" in log.read_text()
+
+
+# Holds every UPDATE of a job row while the table `hold` has a row: a web worker that marks
+# a job running waits there, mid-task.
+HOLD_JOB_UPDATES = """
+CREATE TABLE hold ();
+INSERT INTO hold DEFAULT VALUES;
+CREATE FUNCTION hold_job_updates() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    WHILE EXISTS (SELECT FROM hold) LOOP
+        PERFORM pg_sleep(0.05);
+    END LOOP;
+    RETURN NEW;
+END $$;
+CREATE TRIGGER hold_job_updates BEFORE UPDATE ON jobs
+    FOR EACH ROW EXECUTE FUNCTION hold_job_updates();
+"""
+
+
+@combinations_where(lambda c: c.database == "postgresql" and c.task_queue == "background")
+def test_a_job_whose_web_worker_dies_mid_task_is_found_lost_and_runs_again(
+    project: Path, venv: Path, combination: Combination, tmp_path: Path
+) -> None:
+    """A background job is held mid-task and the gunicorn worker running it is SIGKILLed; the
+    row says queued, and nothing else would ever run it. The worker gunicorn starts in its
+    place finds the job lost and runs it."""
+    env = reconciling(environment(combination, tmp_path, "lost_run")) | {"WEB_CONCURRENCY": "1"}
+    url = env["DATABASE_URL"]
+    running = "SELECT count(*) FROM pg_stat_activity WHERE wait_event = 'PgSleep'"
+    with migrated_and_served(combination, project, venv, env, tmp_path) as (base, server, log):
+        query(combination, url, HOLD_JOB_UPDATES)
+        job = request("POST", f"{base}/jobs", {"text": "my worker dies"})[1]
+        wait_for(lambda: query(combination, url, running) == ["1"], "the job is mid-task")
+        (worker,) = children(server.pid)
+        os.kill(worker, signal.SIGKILL)
+        query(combination, url, "DELETE FROM hold")
+        wait_for(
+            lambda: job_status(combination, url, job["id"]) == "succeeded",
+            "the job ran again",
+            timeout=STALE_AFTER + 30,
+        )
+        stop_cleanly(server, log)
+    assert f"Job {job['id']} lost its run: running it again" in log.read_text()
+
+
 BROKER_DOWN_POSTS = 5
 
 
