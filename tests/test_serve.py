@@ -435,6 +435,16 @@ def job_status(combination: Combination, url: str, job_id: str) -> str:
     return query(combination, url, f"SELECT status FROM jobs WHERE id = '{job_id}'")[0]
 
 
+def wait_until_succeeded(
+    combination: Combination, url: str, job_id: str, timeout: float = 60
+) -> None:
+    wait_for(
+        lambda: job_status(combination, url, job_id) == "succeeded",
+        f"job {job_id} succeeded",
+        timeout,
+    )
+
+
 @combinations_where(lambda c: c.database == "postgresql" and c.task_queue == "celery")
 def test_a_job_whose_worker_dies_mid_task_runs_again_and_succeeds(
     project: Path, venv: Path, combination: Combination, tmp_path: Path
@@ -468,7 +478,7 @@ def worker_dies_mid_task(
                 (pool_process,) = children(worker.pid)
                 os.kill(pool_process, signal.SIGKILL)
                 lock.close()
-                wait_for(lambda: job_status(combination, url, job["id"]) == "succeeded", "it ran")
+                wait_until_succeeded(combination, url, job["id"])
                 assert worker.poll() is None, (tmp_path / "celery-1.log").read_text()
 
         job = request("POST", f"{base}/jobs", {"text": "the whole worker dies"})[1]
@@ -479,7 +489,7 @@ def worker_dies_mid_task(
                 os.killpg(worker.pid, signal.SIGKILL)
                 killed = time.monotonic()
         with celery_worker(project, venv, env, tmp_path / "celery-3.log"):
-            wait_for(lambda: job_status(combination, url, job["id"]) == "succeeded", "it ran")
+            wait_until_succeeded(combination, url, job["id"])
             assert time.monotonic() - killed < JOB_VISIBILITY_TIMEOUT + RESTORE_INTERVAL + 5
         stop_cleanly(server, log)
 
@@ -518,11 +528,7 @@ def test_a_job_the_broker_lost_is_queued_again_and_succeeds(
             broker.stop()
             broker.start()
             with celery_worker(project, venv, env, tmp_path / "celery.log"):
-                wait_for(
-                    lambda: job_status(combination, url, job["id"]) == "succeeded",
-                    "the job ran",
-                    timeout=STALE_AFTER + 30,
-                )
+                wait_until_succeeded(combination, url, job["id"], timeout=STALE_AFTER + 30)
             stop_cleanly(server, log)
     assert f"Job {job['id']} lost its run: queuing it again" in log.read_text()
 
@@ -561,11 +567,7 @@ def test_a_job_whose_web_worker_dies_mid_task_is_found_lost_and_runs_again(
         (worker,) = children(server.pid)
         os.kill(worker, signal.SIGKILL)
         query(combination, url, "DELETE FROM hold")
-        wait_for(
-            lambda: job_status(combination, url, job["id"]) == "succeeded",
-            "the job ran again",
-            timeout=STALE_AFTER + 30,
-        )
+        wait_until_succeeded(combination, url, job["id"], timeout=STALE_AFTER + 30)
         stop_cleanly(server, log)
     assert f"Job {job['id']} lost its run: running it again" in log.read_text()
 
