@@ -131,6 +131,8 @@ def prepare(combination: Combination, workdir: Path, server: str) -> tuple[Path,
         "WEB_CONCURRENCY": str(WORKERS),
         "GUNICORN_DRAIN_SECONDS": "0",
         "HOME": str(workdir),
+        # The references keep no metrics: the generated apps are compared without theirs.
+        "METRICS": "false",
     }
     run(migrate_command(combination, project / ".venv"), project, env)
     psql(

@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import signal
 import subprocess
 import tempfile
@@ -189,11 +190,72 @@ def test_serves_under_gunicorn(
                     exercise_the_api(base)
                     if combination.task_queue == "celery":
                         assert worker.poll() is None, (tmp_path / "celery.log").read_text()
+                else:
+                    metrics_directory = check_the_metrics(base, combination, log)
                 stop_cleanly(server, log)
             with pytest.raises(OSError):
                 request("GET", f"{base}/health")
             assert "Control socket" not in log.read_text()
     assert not (tmp_path / "home" / ".gunicorn").exists()
+    assert not metrics_directory.exists()
+
+
+def exported_metrics(combination: Combination) -> set[str]:
+    """The metric families every served app exports."""
+    names = {
+        "http_request_duration_seconds",
+        "http_requests_in_flight",
+        "db_pool_size",
+        "db_pool_checked_out",
+        "db_pool_overflow",
+        "db_pool_wait_seconds",
+        "db_pool_timeouts",
+        "compute_pool_processes",
+        "compute_pool_busy",
+        "compute_pool_queued",
+        "compute_timeouts",
+        "jobs_enqueued",
+        "jobs_finished",
+        "job_duration_seconds",
+    }
+    if combination.db_mode == "sync":
+        return names | {"threadpool_threads", "threadpool_threads_in_use", "threadpool_waiters"}
+    return names | {"event_loop_lag_seconds"}
+
+
+METRIC_SAMPLE = re.compile(r"^(?P<name>[a-zA-Z_:][a-zA-Z0-9_:]*)(?:\{(?P<labels>.*)\})? (?P<value>\S+)$")
+
+
+def check_the_metrics(base: str, combination: Combination, log: Path) -> Path:
+    """A scrape of /metrics counts the requests that every worker served, and exports every
+    metric; returns the directory the workers write their metrics to."""
+    before, _ = scrape(base)
+    sent = 40
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        statuses = list(pool.map(lambda _: request("GET", f"{base}/health")[0], range(sent)))
+    assert statuses == [200] * sent
+    after, families = scrape(base)
+    assert after - before == sent + 1  # the first scrape is counted once it has been served
+    assert families >= exported_metrics(combination), exported_metrics(combination) - families
+    (directory,) = re.findall(r"Metrics directory: (\S+)", log.read_text())
+    return Path(directory)
+
+
+def scrape(base: str) -> tuple[float, set[str]]:
+    """The requests /metrics has counted, and the metric families it exports."""
+    with urllib.request.urlopen(f"{base}/metrics", timeout=30) as response:
+        text = response.read().decode()
+    counted = 0.0
+    families = set()
+    for line in text.splitlines():
+        if line.startswith("# TYPE "):
+            _, _, name, kind = line.split()
+            families.add(name.removesuffix("_total") if kind == "counter" else name)
+        elif (sample := METRIC_SAMPLE.match(line)) and sample["name"] == (
+            "http_request_duration_seconds_count"
+        ):
+            counted += float(sample["value"])
+    return counted, families
 
 
 def exercise_the_api(base: str) -> None:
