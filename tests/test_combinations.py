@@ -137,6 +137,9 @@ def test_dependencies_are_exactly_what_the_combination_needs(
         "uvicorn[standard]",
         "gunicorn",
         "uvicorn-worker",
+        "prometheus-client",
+        "asgi-correlation-id",
+        "python-json-logger",
     }
     if combination.orm == "tortoise":
         postgresql = combination.database == "postgresql"
@@ -219,7 +222,7 @@ BLOCKING_CALLS = {
 }
 
 # Receivers whose `get` is a lookup, not I/O.
-NOT_IO = {"connections", "os.environ"}
+NOT_IO = {"connections", "os.environ", "scope", "self.series"}
 
 
 @combination_param

@@ -16,6 +16,7 @@ import tempfile
 import time
 import urllib.error
 import urllib.request
+import uuid
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack, contextmanager
@@ -42,9 +43,13 @@ GRACEFUL_TIMEOUT = 10
 START_TIMEOUT = 60
 
 
-def request(method: str, url: str, body: dict[str, Any] | None = None) -> tuple[int, Any]:
+def request(
+    method: str, url: str, body: dict[str, Any] | None = None, *, request_id: str | None = None
+) -> tuple[int, Any]:
     data = json.dumps(body).encode() if body is not None else None
     headers = {"Content-Type": "application/json"} if body is not None else {}
+    if request_id:
+        headers["X-Request-ID"] = request_id
     req = urllib.request.Request(url, data=data, method=method, headers=headers)
     try:
         with urllib.request.urlopen(req, timeout=30) as response:
@@ -163,11 +168,14 @@ def test_serves_under_gunicorn(
                     [
                         str(bin_dir / "celery"),
                         f"--app={SLUG}.worker",
+                        "--quiet",  # as compose.yaml runs it: no banner
                         "worker",
                         "--loglevel=INFO",
                     ],
                     project,
-                    env,
+                    # The suite runs as root, which Celery warns about before it has set up
+                    # any logging: in plain text. A deployment runs it as another user.
+                    {**env, "PYTHONWARNINGS": "ignore:You're running the worker with superuser"},
                     tmp_path / "celery.log",
                 )
             )
@@ -192,12 +200,35 @@ def test_serves_under_gunicorn(
                         assert worker.poll() is None, (tmp_path / "celery.log").read_text()
                 else:
                     metrics_directory = check_the_metrics(base, combination, log)
+                    request_id = uuid.uuid4().hex
+                    status, _ = request("GET", f"{base}/health", request_id=request_id)
+                    assert status == 200
                 stop_cleanly(server, log)
             with pytest.raises(OSError):
                 request("GET", f"{base}/health")
             assert "Control socket" not in log.read_text()
+        if combination.task_queue == "celery":
+            assert_json_lines(tmp_path / "celery.log")
     assert not (tmp_path / "home" / ".gunicorn").exists()
     assert not metrics_directory.exists()
+    # In production every line is a JSON object, and a request's lines carry its ID.
+    lines = assert_json_lines(tmp_path / "gunicorn-2.log")
+    (access,) = [line for line in lines if line.get("request_id") == request_id]
+    assert access["logger"] == "uvicorn.access", access
+    assert (access["method"], access["path"], access["status"]) == ("GET", "/health", 200)
+    assert {"timestamp", "level", "message", "client"} <= access.keys()
+
+
+def assert_json_lines(log: Path) -> list[dict[str, Any]]:
+    """Every line of the log, each a JSON object."""
+    lines = []
+    for number, line in enumerate(log.read_text().splitlines(), 1):
+        try:
+            lines.append(json.loads(line))
+        except json.JSONDecodeError:
+            pytest.fail(f"{log.name}:{number} is not JSON: {line!r}")
+    assert lines, f"{log.name} is empty"
+    return lines
 
 
 def exported_metrics(combination: Combination) -> set[str]:
@@ -223,7 +254,9 @@ def exported_metrics(combination: Combination) -> set[str]:
     return names | {"event_loop_lag_seconds"}
 
 
-METRIC_SAMPLE = re.compile(r"^(?P<name>[a-zA-Z_:][a-zA-Z0-9_:]*)(?:\{(?P<labels>.*)\})? (?P<value>\S+)$")
+METRIC_SAMPLE = re.compile(
+    r"^(?P<name>[a-zA-Z_:][a-zA-Z0-9_:]*)(?:\{(?P<labels>.*)\})? (?P<value>\S+)$"
+)
 
 
 def check_the_metrics(base: str, combination: Combination, log: Path) -> Path:
