@@ -13,8 +13,9 @@ request after another. The table gives req/s, median, p99 and slowest response, 
 other than 200 (503s counted apart), how long one request took once the load had stopped (and
 any connection left idle in a transaction), how many connections the app opened during the load
 (PostgreSQL's count: a pool that closes and reopens connections pays for each), and the ratio of
-each generated app's throughput to its hand-written peer's; the overload rows give the ratio to
-the same app at 64 clients. The apps of a stack are measured in turn, in three rounds of 5 s
+each generated app's throughput to its hand-written peer's (the generated apps run without
+their metrics, as the references keep none; each runs again with them, and its ratio to itself
+without them is what they cost); the overload rows give the ratio to the same app at 64 clients. The apps of a stack are measured in turn, in three rounds of 5 s
 each (all at 64 clients first, then all at 300), and each figure comes from the round of median
 throughput; a ratio is the median of the rounds' ratios. Then 200 jobs go through each generated
 stack, with BackgroundTasks and with a Celery worker of 2 processes on Redis: jobs per second
@@ -29,6 +30,7 @@ import dataclasses
 import json
 import os
 import platform
+import re
 import signal
 import statistics
 import subprocess
@@ -67,7 +69,13 @@ class App:
     name: str
     stack: str  # the generated project whose environment (and gunicorn.conf.py) serves it
     module: str | None = None  # a reference app in bench/references; None: the generated app
-    peer: str | None = None  # the hand-written app a generated one is compared with
+    peer: str | None = None  # the app it is compared with
+    env: tuple[tuple[str, str], ...] = ()  # settings of its own
+
+    @property
+    def key(self) -> str:
+        """The app's name, as a database or file name may spell it."""
+        return re.sub(r"[^a-z0-9]+", "_", self.name.lower()).strip("_")
 
 
 REFERENCE = "raw asyncpg (hand-written)"
@@ -79,6 +87,17 @@ APPS = [
     App("sync SQLAlchemy (generated)", "sync", peer="sync SQLAlchemy (hand-written)"),
     App("Tortoise (hand-written)", "tortoise", "tortoise_app"),
     App("Tortoise (generated)", "tortoise", peer="Tortoise (hand-written)"),
+]
+# The cost of the metrics: each generated app again, with them on, against itself without.
+APPS += [
+    App(
+        f"{app.name[: -len(' (generated)')]} (generated, metrics on)",
+        app.stack,
+        peer=app.name,
+        env=(("METRICS", "true"),),
+    )
+    for app in APPS
+    if app.module is None
 ]
 
 
@@ -146,7 +165,7 @@ def prepare(combination: Combination, workdir: Path, server: str) -> tuple[Path,
 def copy_database(url: str, app: App) -> str:
     """A new database with the rows of the one at `url`, for `app`."""
     server, source = url.rsplit("/", 1)
-    name = f"{source}_{app.module or 'generated'}"
+    name = f"bench_{app.key}"  # within PostgreSQL's 63 characters
     psql(f"{server}/postgres", f'DROP DATABASE IF EXISTS "{name}"')
     psql(f"{server}/postgres", f'CREATE DATABASE "{name}" TEMPLATE "{source}"')
     return f"{server}/{name}"
@@ -404,8 +423,9 @@ def main(argv: list[str]) -> int:
                 for app in apps:
                     # A copy of the filled database each, so that what one app leaves behind
                     # (connections idle in a transaction) is counted against it alone.
-                    app_env = {**env, "DATABASE_URL": copy_database(env["DATABASE_URL"], app)}
-                    log = workdir / f"{app.module or 'generated'}-{stack}.log"
+                    database = copy_database(env["DATABASE_URL"], app)
+                    app_env = {**env, **dict(app.env), "DATABASE_URL": database}
+                    log = workdir / f"{app.key}.log"
                     served[app] = (
                         running.enter_context(serve(app, project, app_env, log)),
                         app_env,

