@@ -15,11 +15,12 @@ any connection left idle in a transaction), how many connections the app opened 
 (PostgreSQL's count: a pool that closes and reopens connections pays for each), and the ratio of
 each generated app's throughput to its hand-written peer's (the generated apps run without
 their metrics, as the references keep none; each runs again with them, and its ratio to itself
-without them is what they cost); the overload rows give the ratio to the same app at 64 clients. The apps of a stack are measured in turn, in three rounds of 5 s
-each (all at 64 clients first, then all at 300), and each figure comes from the round of median
-throughput; a ratio is the median of the rounds' ratios. Then 200 jobs go through each generated
-stack, with BackgroundTasks and with a Celery worker of 2 processes on Redis: jobs per second
-from the first POST to the last job's success. Timings are only comparable within one run.
+without them is what they cost); the overload rows give the ratio to the same app at 64 clients.
+The apps of a stack are measured in turn, in three rounds of 5 s each (all at 64 clients first,
+then all at 300), and each figure comes from the round of median throughput; a ratio is the
+median of the rounds' ratios. Then 200 jobs go through each generated stack, with
+BackgroundTasks and with a Celery worker of 2 processes on Redis: jobs per second from the first
+POST to the last job's success. Timings are only comparable within one run.
 """
 
 from __future__ import annotations
@@ -249,8 +250,8 @@ def jobs_per_second(base: str) -> float:
 @contextlib.contextmanager
 def celery_worker(project: Path, env: dict[str, str], log: Path) -> Iterator[None]:
     """The project's Celery worker, CELERY_PROCESSES processes, until the block ends."""
-    command = [str(project / ".venv" / "bin" / "celery"), "-A", "bench_app.worker", "worker"]
-    command += ["--loglevel=WARNING", f"--concurrency={CELERY_PROCESSES}"]
+    command = [str(project / ".venv" / "bin" / "bench-app-worker"), "--loglevel=WARNING"]
+    command.append(f"--concurrency={CELERY_PROCESSES}")
     with log.open("wb") as output:
         worker = subprocess.Popen(
             command,

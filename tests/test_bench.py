@@ -1,6 +1,7 @@
 """The benchmark harness (bench/) keeps working: in smoke mode it renders the sync stack,
 serves it, its hand-written peer and itself with its metrics on, loads them with k6 at normal
-load and at overload, and prints its table. Its timings are the benchmark's to report, not this test's to judge."""
+load and at overload, and prints its table. Its timings are the benchmark's to report, not this
+test's to judge."""
 
 from __future__ import annotations
 

@@ -83,7 +83,8 @@ def test_answers_file_is_written(project: Path, combination: Combination) -> Non
 @combination_param
 def test_files_match_the_combination(project: Path, combination: Combination) -> None:
     package = project / "src" / SLUG
-    assert (package / "worker.py").exists() == (combination.task_queue == "celery")
+    for name in ("worker.py", "worker_main.py"):
+        assert (package / name).exists() == (combination.task_queue == "celery"), name
     for name in ("main.py", "settings.py", "db.py", "models.py", "schemas.py", "jobs.py"):
         assert (package / name).is_file(), name
     for name in ("items.py", "jobs.py", "health.py"):
@@ -508,4 +509,12 @@ def test_compose_file_is_valid_and_starts_what_the_combination_needs(
         assert db["environment"]["POSTGRES_USER"] == db["environment"]["POSTGRES_DB"] == SLUG
         assert "max_connections=100" in db["command"]
     if celery:
-        assert services["worker"]["command"][:2] == ["celery", f"--app={SLUG}.worker"]
+        worker = services["worker"]
+        # The project's own launcher, which serves the metrics of the jobs, where Prometheus
+        # scrapes them.
+        assert worker["command"][0] == f"{SLUG}-worker"
+        assert (venv / "bin" / worker["command"][0]).is_file()
+        port = worker["environment"]["WORKER_METRICS_BIND"].rpartition(":")[2]
+        prometheus = yaml.safe_load((project / "monitoring" / "prometheus.yml").read_text())
+        jobs = {job["job_name"]: job["static_configs"] for job in prometheus["scrape_configs"]}
+        assert jobs["worker"] == [{"targets": [f"worker:{port}"]}]

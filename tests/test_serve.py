@@ -162,21 +162,23 @@ def test_serves_under_gunicorn(
     bin_dir = venv / "bin"
     # In production the app leaves the schema to the migrations.
     run(migrate_command(combination, venv), project, env)
+    worker_metrics = None
     with ExitStack() as stack:
         if combination.task_queue == "celery":
+            worker_bind = f"127.0.0.1:{free_port()}"
+            worker_metrics = f"http://{worker_bind}"
             worker = stack.enter_context(
                 process(
-                    [
-                        str(bin_dir / "celery"),
-                        f"--app={SLUG}.worker",
-                        "--quiet",  # as compose.yaml runs it: no banner
-                        "worker",
-                        "--loglevel=INFO",
-                    ],
+                    # As compose.yaml runs it: the project's launcher, in production.
+                    [str(bin_dir / f"{SLUG}-worker"), "--loglevel=INFO"],
                     project,
-                    # The suite runs as root, which Celery warns about before it has set up
-                    # any logging: in plain text. A deployment runs it as another user.
-                    {**env, "PYTHONWARNINGS": "ignore:You're running the worker with superuser"},
+                    {
+                        **env,
+                        "WORKER_METRICS_BIND": worker_bind,
+                        # The suite runs as root, which Celery warns about before it has set
+                        # up any logging: in plain text. A deployment runs it as another user.
+                        "PYTHONWARNINGS": "ignore:You're running the worker with superuser",
+                    },
                     tmp_path / "celery.log",
                 )
             )
@@ -200,7 +202,9 @@ def test_serves_under_gunicorn(
                     if combination.task_queue == "celery":
                         assert worker.poll() is None, (tmp_path / "celery.log").read_text()
                 else:
-                    metrics_directory = check_the_metrics(base, combination, log, project)
+                    metrics_directory = check_the_metrics(
+                        base, combination, log, project, worker_metrics
+                    )
                     request_id = uuid.uuid4().hex
                     status, _ = request("GET", f"{base}/health", request_id=request_id)
                     assert status == 200
@@ -208,8 +212,11 @@ def test_serves_under_gunicorn(
             with pytest.raises(OSError):
                 request("GET", f"{base}/health")
             assert "Control socket" not in log.read_text()
-        if combination.task_queue == "celery":
-            assert_json_lines(tmp_path / "celery.log")
+    if combination.task_queue == "celery":
+        assert worker.returncode == 0, (tmp_path / "celery.log").read_text()
+        # Celery writes the notice of its shutdown straight to stdout, in plain text.
+        notice = ("", "worker: Warm shutdown (MainProcess)")
+        assert_json_lines(tmp_path / "celery.log", but=notice)
     assert not (tmp_path / "home" / ".gunicorn").exists()
     assert not metrics_directory.exists()
     # In production every line is a JSON object, and a request's lines carry its ID.
@@ -220,10 +227,12 @@ def test_serves_under_gunicorn(
     assert {"timestamp", "level", "message", "client"} <= access.keys()
 
 
-def assert_json_lines(log: Path) -> list[dict[str, Any]]:
-    """Every line of the log, each a JSON object."""
+def assert_json_lines(log: Path, but: tuple[str, ...] = ()) -> list[dict[str, Any]]:
+    """Every line of the log, each a JSON object; lines in `but` excepted."""
     lines = []
     for number, line in enumerate(log.read_text().splitlines(), 1):
+        if line in but:
+            continue
         try:
             lines.append(json.loads(line))
         except json.JSONDecodeError:
@@ -255,15 +264,20 @@ def exported_metrics(combination: Combination) -> set[str]:
     return names | {"event_loop_lag_seconds"}
 
 
+# The port compose.yaml has the Celery worker serve its metrics on.
+WORKER_METRICS_PORT = 9101
 METRIC_SAMPLE = re.compile(
     r"^(?P<name>[a-zA-Z_:][a-zA-Z0-9_:]*)(?:\{(?P<labels>.*)\})? (?P<value>\S+)$"
 )
 
 
-def check_the_metrics(base: str, combination: Combination, log: Path, project: Path) -> Path:
+def check_the_metrics(
+    base: str, combination: Combination, log: Path, project: Path, worker: str | None
+) -> Path:
     """A scrape of /metrics counts the requests that every worker served, and exports every
-    metric, every one the dashboard shows among them; returns the directory the workers write
-    their metrics to."""
+    metric; the Celery worker, if any, serves the metrics of the one job it has run; every
+    metric the dashboard shows is among those, at the addresses Prometheus scrapes. Returns
+    the directory the gunicorn workers write their metrics to."""
     before, _, _ = scrape(base)
     sent = 40
     with ThreadPoolExecutor(max_workers=8) as pool:
@@ -272,19 +286,33 @@ def check_the_metrics(base: str, combination: Combination, log: Path, project: P
     after, families, samples = scrape(base)
     assert after - before == sent + 1  # the first scrape is counted once it has been served
     assert families >= exported_metrics(combination), exported_metrics(combination) - families
-    shown = dashboard_metrics(project)
+    targets = {"app": "app:8000"}
+    if worker:
+        _, worker_families, worker_samples = scrape(worker)
+        assert worker_families == {"jobs_finished", "job_duration_seconds"}
+        with urllib.request.urlopen(f"{worker}/metrics", timeout=30) as response:
+            assert 'jobs_finished_total{status="succeeded"} 1.0' in response.read().decode()
+        samples |= worker_samples
+        targets["worker"] = f"worker:{WORKER_METRICS_PORT}"
+    shown = dashboard_metrics(project, targets)
     assert shown and shown <= samples, shown - samples
+    return metrics_directory(log)
+
+
+def metrics_directory(log: Path) -> Path:
+    """The directory gunicorn made for its workers' metrics, as its log names it."""
     (directory,) = re.findall(r"Metrics directory: (\S+)", log.read_text())
     return Path(directory)
 
 
-def dashboard_metrics(project: Path) -> set[str]:
-    """The metrics the project's Grafana dashboard queries, as Prometheus scrapes them from the
-    address its configuration names."""
+def dashboard_metrics(project: Path, targets: dict[str, str]) -> set[str]:
+    """The metrics the project's Grafana dashboard queries; Prometheus must scrape `targets`
+    (its jobs' names and addresses), and nothing else."""
     config = yaml.safe_load((project / "monitoring" / "prometheus.yml").read_text())
-    (job,) = config["scrape_configs"]
-    assert job["metrics_path"] == "/metrics"
-    assert job["static_configs"] == [{"targets": ["app:8000"]}]
+    assert {
+        job["job_name"]: (job["metrics_path"], job["static_configs"])
+        for job in config["scrape_configs"]
+    } == {name: ("/metrics", [{"targets": [target]}]) for name, target in targets.items()}
     dashboard = json.loads((project / "monitoring" / "grafana" / "service.json").read_text())
     names = set()
     for panel in dashboard["panels"]:
@@ -531,9 +559,10 @@ def in_a_group_of_its_own(
 def celery_worker(
     project: Path, venv: Path, env: dict[str, str], log: Path
 ) -> contextlib.AbstractContextManager[subprocess.Popen[bytes]]:
-    """The project's Celery worker, in a process group of its own."""
-    command = [str(venv / "bin" / "celery"), f"--app={SLUG}.worker", "worker", "--loglevel=INFO"]
-    return in_a_group_of_its_own(command, project, env, log)
+    """The project's Celery worker, in a process group of its own; it serves no metrics (the
+    test may kill it, which would leave their directory behind)."""
+    command = [str(venv / "bin" / f"{SLUG}-worker"), "--loglevel=INFO"]
+    return in_a_group_of_its_own(command, project, env | {"WORKER_METRICS_BIND": ""}, log)
 
 
 def wait_for(condition: Callable[[], bool], what: str, timeout: float = 60) -> None:
@@ -839,6 +868,8 @@ def test_signals_fail_no_request_and_leave_no_process_behind(
             "new workers have replaced the old",
         )
         wait_for(lambda: not orphans(server.pid), "replaced workers leave nothing", timeout=10)
+        stop_cleanly(server, log)
+    assert not metrics_directory(log).exists()
 
     log = tmp_path / "sigterm.log"
     with served_in_a_group_of_its_own(project, venv, env, log) as (base, server):
@@ -866,3 +897,4 @@ def test_signals_fail_no_request_and_leave_no_process_behind(
         assert before and not failed, (len(before), failed[:5], log.read_text()[-3000:])
         assert code == 0, log.read_text()[-3000:]
         wait_for(lambda: not process_group(server.pid), "every process has exited", timeout=10)
+    assert not metrics_directory(log).exists()
