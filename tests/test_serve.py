@@ -725,17 +725,22 @@ def test_a_job_whose_web_worker_dies_mid_task_is_found_lost_and_runs_again(
     project: Path, venv: Path, combination: Combination, tmp_path: Path
 ) -> None:
     """A background job is held mid-task and the gunicorn worker running it is SIGKILLed; the
-    row says queued, and nothing else would ever run it. The worker gunicorn starts in its
-    place finds the job lost and runs it."""
+    row says queued, and nothing else would ever run it. The processes the worker started
+    (its compute pool's, the fork server, the resource tracker) go with it, and the worker
+    gunicorn starts in its place finds the job lost and runs it."""
     env = reconciling(environment(combination, tmp_path, "lost_run")) | {"WEB_CONCURRENCY": "1"}
     url = env["DATABASE_URL"]
     running = "SELECT count(*) FROM pg_stat_activity WHERE wait_event = 'PgSleep'"
-    with migrated_and_served(combination, project, venv, env, tmp_path) as (base, server, log):
+    run(migrate_command(combination, venv), project, env)
+    log = tmp_path / "gunicorn.log"
+    with served_in_a_group_of_its_own(project, venv, env, log) as (base, server):
         query(combination, url, HOLD_JOB_UPDATES)
         job = request("POST", f"{base}/jobs", {"text": "my worker dies"})[1]
         wait_for(lambda: query(combination, url, running) == ["1"], "the job is mid-task")
         (worker,) = children(server.pid)
         os.kill(worker, signal.SIGKILL)
+        wait_for(lambda: worker not in process_group(server.pid), "gunicorn has reaped it")
+        wait_for(lambda: not orphans(server.pid), "the killed worker leaves nothing", timeout=10)
         query(combination, url, "DELETE FROM hold")
         wait_until_succeeded(combination, url, job["id"], timeout=STALE_AFTER + 30)
         stop_cleanly(server, log)
