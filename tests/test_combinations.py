@@ -138,6 +138,7 @@ def test_dependencies_are_exactly_what_the_combination_needs(
         "uvicorn[standard]",
         "gunicorn",
         "uvicorn-worker",
+        "httpx",
         "prometheus-client",
         "asgi-correlation-id",
         "python-json-logger",
