@@ -187,19 +187,20 @@ def uses_database(function: ast.FunctionDef | ast.AsyncFunctionDef, orm: str) ->
 @combination_param
 def test_route_style_matches_the_driver(project: Path, combination: Combination) -> None:
     """async mode: every handler and DB dependency is `async def`; sync mode: those touching the
-    database are plain `def` (FastAPI runs them in its thread pool)."""
+    database, or calling out through the blocking HTTP client, are plain `def` (FastAPI runs
+    them in its thread pool)."""
     package = project / "src" / SLUG
     routes = [f for path in sorted((package / "routes").glob("*.py")) for f in functions(path)]
     handlers = [f for f in routes if is_route(f)]
-    assert len(handlers) == 10, [f.name for f in handlers]
+    assert len(handlers) == 11, [f.name for f in handlers]
     db_functions = [f for f in functions(package / "db.py") if f.name.startswith("get_")]
     database_code = [f for f in routes + db_functions if uses_database(f, combination.orm)]
     assert len(database_code) >= 8
     if combination.is_async:
         wrong = [f.name for f in routes + db_functions if not isinstance(f, ast.AsyncFunctionDef)]
     else:
-        # ... and so is /compute, which waits for the process pool's result.
-        blocking = database_code + [f for f in handlers if f.name == "compute"]
+        # ... and so are /compute, which waits for the process pool's result, and /upstream.
+        blocking = database_code + [f for f in handlers if f.name in {"compute", "call_upstream"}]
         wrong = [f.name for f in blocking if isinstance(f, ast.AsyncFunctionDef)]
     assert not wrong, f"{combination.db_mode} mode, but these are not: {wrong}"
 
