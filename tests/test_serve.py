@@ -559,6 +559,9 @@ def in_a_group_of_its_own(
         with contextlib.suppress(ProcessLookupError):
             os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
+        # Its children hold copies of its sockets until they have exited: one still open to
+        # the broker could take the next message, which would then be lost with it.
+        wait_for(lambda: not process_group(proc.pid, zombies=False), "the group has exited", 10)
 
 
 def celery_worker(
@@ -807,15 +810,16 @@ DRAIN_SECONDS = 2
 SIGTERM_CLIENTS = 16
 
 
-def process_group(pgid: int) -> dict[int, int]:
-    """The processes of this process group: each one's parent."""
+def process_group(pgid: int, zombies: bool = True) -> dict[int, int]:
+    """The processes of this process group (with `zombies=False`, those that have not yet
+    exited): each one's parent."""
     found = {}
     for stat in Path("/proc").glob("[0-9]*/stat"):
         try:
             fields = stat.read_text().rsplit(")", 1)[1].split()
         except OSError:
             continue
-        if int(fields[2]) == pgid:
+        if int(fields[2]) == pgid and (zombies or fields[0] != "Z"):
             found[int(stat.parent.name)] = int(fields[1])
     return found
 
