@@ -23,40 +23,65 @@ class Combination:
     db_mode: str
     orm: str
     task_queue: str
+    # Asked only with Celery; the default otherwise.
+    celery_broker: str = "redis"
 
     @property
     def id(self) -> str:
-        return f"{self.orm}-{self.db_mode}-{self.database}-{self.task_queue}"
+        broker = f"-{self.celery_broker}" if self.task_queue == "celery" else ""
+        return f"{self.orm}-{self.db_mode}-{self.database}-{self.task_queue}{broker}"
 
     @property
     def data(self) -> dict[str, str]:
-        return {
+        data = {
             "database": self.database,
             "db_mode": self.db_mode,
             "orm": self.orm,
             "task_queue": self.task_queue,
         }
+        if self.task_queue == "celery":
+            data["celery_broker"] = self.celery_broker
+        return data
 
     @property
     def is_async(self) -> bool:
         return self.db_mode == "async"
 
+    @property
+    def broker_service(self) -> str | None:
+        """The broker's service (in compose and CI), or None without Celery."""
+        return self.celery_broker if self.task_queue == "celery" else None
+
+    @property
+    def broker_variable(self) -> str | None:
+        """The setting that names the broker, or None without Celery."""
+        return f"{self.broker_service.upper()}_URL" if self.broker_service else None
+
 
 COMBINATIONS = [
-    Combination(database=database, db_mode=db_mode, orm=orm, task_queue=task_queue)
-    for (orm, db_mode), database, task_queue in itertools.product(
+    Combination(
+        database=database, db_mode=db_mode, orm=orm, task_queue=task_queue, celery_broker=broker
+    )
+    for (orm, db_mode), database, (task_queue, broker) in itertools.product(
         [("sqlalchemy", "async"), ("sqlalchemy", "sync"), ("tortoise", "async")],
         ["sqlite", "postgresql"],
-        ["background", "celery"],
+        [("background", "redis"), ("celery", "redis"), ("celery", "rabbitmq")],
     )
 ]
+
+
+def broker_aside(combination: Combination) -> bool:
+    """Whether the combination stands for its database, mode, ORM and task queue in the tests
+    that do not involve the broker: all but the RabbitMQ ones, which differ from the Redis
+    ones only in it."""
+    return combination.celery_broker != "rabbitmq"
 
 
 def combination_with(**answers: str) -> Combination:
     """The one combination with these answers (the others at their defaults: SQLite, async
     SQLAlchemy, BackgroundTasks)."""
     wanted = {"database": "sqlite", "db_mode": "async", "orm": "sqlalchemy"}
-    wanted |= {"task_queue": "background", **answers}
+    wanted |= {"task_queue": "background", "celery_broker": "redis", **answers}
     combination = Combination(**wanted)
     if combination not in COMBINATIONS:
         raise ValueError(f"{combination.id} is not a valid combination")

@@ -9,9 +9,11 @@ import re
 import sqlite3
 import subprocess
 from pathlib import Path
+from typing import NoReturn
 
 import pytest
 
+from tests import services
 from tests.combinations import COMBINATIONS, Combination
 from tests.services import postgres_bin
 
@@ -60,9 +62,15 @@ def project_env() -> dict[str, str]:
     return {"VIRTUAL_ENV": "", "UV_PROJECT_ENVIRONMENT": "", "PYTHONDONTWRITEBYTECODE": ""}
 
 
-def assert_own_tests_pass(project: Path, env: dict[str, str]) -> None:
-    """Run the project's own test suite with `env`: it must pass, skipping nothing."""
-    command = [str(project / ".venv" / "bin" / "pytest"), "-p", "no:cacheprovider", "-q"]
+def assert_own_tests_pass(project: Path, env: dict[str, str], *paths: str) -> None:
+    """Run the project's own test suite (or the tests under `paths`) with `env`: it must pass,
+    skipping nothing.
+
+    As `python -m pytest`: each compute pool process the tests start then imports nothing
+    more than the pool needs (with the `pytest` script as the main module, CPython 3.11's
+    multiprocessing runs the script again in every one; the suite takes twice as long)."""
+    python = str(project / ".venv" / "bin" / "python")
+    command = [python, "-m", "pytest", "-p", "no:cacheprovider", "-q", *paths]
     output = run(command, project, {**project_env(), **env})
     summary = output.strip().splitlines()[-1]
     assert re.search(r"\b\d+ passed\b", summary) and "failed" not in summary, output
@@ -182,6 +190,26 @@ def start_up(project: Path, env: dict[str, str], tmp_path: Path) -> None:
     run([str(project / ".venv" / "bin" / "python"), str(script)], project, env)
 
 
-def redis_url_for(combination: Combination) -> str:
-    """A Redis database of the combination's own, so that parallel runs share no queue."""
-    return f"{os.environ['REDIS_URL']}/{COMBINATIONS.index(combination) + 1}"
+def unavailable(exc: services.Unavailable) -> NoReturn:
+    """Skip the test that needs a server this machine does not have; fail it in CI."""
+    if services.in_ci():
+        pytest.fail(str(exc), pytrace=False)
+    pytest.skip(str(exc))
+
+
+def broker_env(combination: Combination, index: int | None = None) -> dict[str, str]:
+    """The combination's broker setting, if it has one: a Redis database or a RabbitMQ virtual
+    host of its own (by default, numbered after the combination), so that parallel runs share
+    no queue. Skips the test where RabbitMQ is needed and not installed (never in CI: the run
+    fails at its start there)."""
+    variable = combination.broker_variable
+    if variable is None:
+        return {}
+    if variable not in os.environ:
+        try:
+            services.rabbitmq_programs()
+        except services.Unavailable as exc:
+            unavailable(exc)
+        raise KeyError(variable)
+    number = COMBINATIONS.index(combination) + 1 if index is None else index
+    return {variable: f"{os.environ[variable].rstrip('/')}/{number}"}

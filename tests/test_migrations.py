@@ -10,7 +10,7 @@ import sqlite3
 import subprocess
 from pathlib import Path
 
-from tests.combinations import Combination, combination_param, combinations_where
+from tests.combinations import Combination, combinations_where
 from tests.projects import (
     SLUG,
     check_command,
@@ -53,7 +53,8 @@ def schema(combination: Combination, url: str) -> str:
         )
 
 
-@combination_param
+# The task queue and its broker change no table.
+@combinations_where(lambda c: c.task_queue == "background")
 def test_migrations_build_the_schema_the_app_creates(
     project: Path, venv: Path, combination: Combination, tmp_path: Path
 ) -> None:
@@ -71,7 +72,7 @@ def test_migrations_build_the_schema_the_app_creates(
     assert schema(combination, migrated) == schema(combination, created)
 
 
-@combinations_where(lambda c: c.orm == "sqlalchemy")
+@combinations_where(lambda c: c.orm == "sqlalchemy" and c.task_queue == "background")
 def test_alembic_writes_the_sql_of_the_migrations_offline(
     project: Path, venv: Path, combination: Combination, tmp_path: Path
 ) -> None:

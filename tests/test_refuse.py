@@ -32,7 +32,7 @@ REFUSED = [
     ({"db_mode": "threads"}, "Invalid choice for 'db_mode'"),
     ({"orm": "django"}, "Invalid choice for 'orm'"),
     ({"task_queue": "rq"}, "Invalid choice for 'task_queue'"),
-    ({"task_queue": "celery", "celery_broker": "rabbitmq"}, "Invalid choice for 'celery_broker'"),
+    ({"task_queue": "celery", "celery_broker": "kafka"}, "Invalid choice for 'celery_broker'"),
     ({"pool_size": "five"}, "'five'"),
     (
         {"database": "postgresql", "db_max_connections": 0},

@@ -36,12 +36,13 @@ from tests.combinations import Combination, combination_param, combinations_wher
 from tests.projects import (
     SLUG,
     answers_for,
+    broker_env,
     empty_database,
     migrate_command,
     project_env,
     query,
-    redis_url_for,
     run,
+    unavailable,
 )
 from tests.services import free_port
 
@@ -96,7 +97,7 @@ def environment(
     (tmp_path / "home").mkdir()
     env["DATABASE_URL"] = empty_database(combination, database, tmp_path)
     if combination.task_queue == "celery":
-        env["REDIS_URL"] = redis_url_for(combination)
+        env |= broker_env(combination)
         env["CELERY_CONCURRENCY"] = "2"
     return env
 
@@ -629,16 +630,14 @@ def test_a_job_whose_worker_dies_mid_task_runs_again_and_succeeds(
 ) -> None:
     """A job is held mid-task (its row locked) and the Celery pool process running it is
     SIGKILLed: the job goes back to the queue at once and succeeds. Then the same with the
-    whole worker: a new worker runs the job within JOB_VISIBILITY_TIMEOUT seconds."""
+    whole worker: a new worker runs the job, within JOB_VISIBILITY_TIMEOUT seconds over Redis
+    (at once over RabbitMQ, which sees the worker's connection close)."""
     with (
         tempfile.TemporaryDirectory(prefix="cf-lost-") as workdir,
-        services.Redis(Path(workdir)) as broker,
+        own_broker(combination, Path(workdir)) as broker,
     ):
-        env = environment(combination, tmp_path, "lost") | {
-            "REDIS_URL": broker.url,
-            "CELERY_CONCURRENCY": "1",
-            "JOB_VISIBILITY_TIMEOUT": str(JOB_VISIBILITY_TIMEOUT),
-        }
+        env = environment(combination, tmp_path, "lost") | broker_setting(combination, broker)
+        env |= {"CELERY_CONCURRENCY": "1", "JOB_VISIBILITY_TIMEOUT": str(JOB_VISIBILITY_TIMEOUT)}
         worker_dies_mid_task(combination, project, venv, env, tmp_path)
 
 
@@ -685,7 +684,7 @@ def reconciling(env: dict[str, str]) -> dict[str, str]:
     }
 
 
-@combinations_where(lambda c: c.database == "postgresql" and c.task_queue == "celery")
+@combinations_where(lambda c: c.database == "postgresql" and c.broker_service == "redis")
 def test_a_job_the_broker_lost_is_queued_again_and_succeeds(
     project: Path, venv: Path, combination: Combination, tmp_path: Path
 ) -> None:
@@ -762,17 +761,18 @@ BROKER_DOWN_POSTS = 5
 def test_with_the_broker_down_a_job_answers_503_at_once_and_leaves_no_row(
     project: Path, venv: Path, combination: Combination, tmp_path: Path
 ) -> None:
-    """With the test's own Redis stopped, every POST /jobs answers 503 with Retry-After within
-    2 s and leaves no row behind; readiness answers 503 naming the broker; once Redis is back,
-    jobs are accepted again, with no restart of the app."""
+    """With the test's own broker stopped, every POST /jobs answers 503 with Retry-After within
+    2 s and leaves no row behind; readiness answers 503 naming the broker; once the broker is
+    back, jobs are accepted again, with no restart of the app. RabbitMQ keeps the jobs it had
+    accepted through its restart: a worker started then runs them all."""
     with (
         tempfile.TemporaryDirectory(prefix="cf-broker-") as workdir,
-        services.Redis(Path(workdir)) as broker,
+        own_broker(combination, Path(workdir)) as broker,
     ):
-        env = environment(combination, tmp_path, "broker") | {"REDIS_URL": broker.url}
+        env = environment(combination, tmp_path, "broker") | broker_setting(combination, broker)
         url = env["DATABASE_URL"]
         with migrated_and_served(combination, project, venv, env, tmp_path) as (base, server, log):
-            assert request("POST", f"{base}/jobs", {"text": "accepted"})[0] == 202
+            accepted = request("POST", f"{base}/jobs", {"text": "accepted"})
             broker.stop()
             answers = []
             for n in range(BROKER_DOWN_POSTS):
@@ -781,7 +781,11 @@ def test_with_the_broker_down_a_job_answers_503_at_once_and_leaves_no_row(
                 answers.append((status, retry_after, time.monotonic() - started))
             ready = request("GET", f"{base}/health/ready")
             broker.start()
-            accepted_again = request("POST", f"{base}/jobs", {"text": "accepted again"})[0]
+            accepted_again = request("POST", f"{base}/jobs", {"text": "accepted again"})
+            if combination.broker_service == "rabbitmq":
+                with celery_worker(project, venv, env, tmp_path / "celery.log"):
+                    for job in (accepted[1], accepted_again[1]):
+                        wait_until_succeeded(combination, url, job["id"])
             stop_cleanly(server, log)
 
     assert [(status, bool(retry)) for status, retry, _ in answers] == [
@@ -791,7 +795,31 @@ def test_with_the_broker_down_a_job_answers_503_at_once_and_leaves_no_row(
     assert slowest < 2, f"a refused job took {slowest:.1f} s"
     assert query(combination, url, "SELECT count(*) FROM jobs") == ["2"]
     assert ready == (503, {"status": "unavailable", "unavailable": ["broker"]})
-    assert accepted_again == 202
+    assert accepted[0] == accepted_again[0] == 202
+
+
+@contextmanager
+def own_broker(
+    combination: Combination, workdir: Path
+) -> Iterator[services.Redis | services.RabbitMQ]:
+    """A broker of the combination's kind, of the test's own: the test may stop it."""
+    server: services.Redis | services.RabbitMQ
+    if combination.celery_broker == "redis":
+        server = services.Redis(workdir)
+    else:
+        try:
+            server = services.RabbitMQ(workdir)
+        except services.Unavailable as exc:
+            unavailable(exc)
+    with server:
+        yield server
+
+
+def broker_setting(
+    combination: Combination, server: services.Redis | services.RabbitMQ
+) -> dict[str, str]:
+    """The setting that names `server` as the combination's broker."""
+    return {f"{combination.celery_broker.upper()}_URL": server.url}
 
 
 def timed_post(url: str, body: dict[str, Any]) -> tuple[int, str | None, Any]:

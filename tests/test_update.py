@@ -7,7 +7,6 @@ working tree on top of it (see tests/releases.py)."""
 
 from __future__ import annotations
 
-import os
 import re
 import subprocess
 import sys
@@ -22,7 +21,7 @@ from tests import releases
 from tests.combinations import (
     COMBINATIONS,
     Combination,
-    combination_param,
+    broker_aside,
     combination_with,
     combinations_where,
     for_combination,
@@ -32,6 +31,7 @@ from tests.projects import (
     SLUG,
     answers_for,
     assert_own_tests_pass,
+    broker_env,
     check_command,
     check_output_is_clean,
     create_database,
@@ -146,7 +146,8 @@ def generate(
 # --- from the previous release ---------------------------------------------------------------
 
 
-@combination_param
+# The previous release has no RabbitMQ broker: its projects are Redis ones.
+@combinations_where(broker_aside)
 @pytest.mark.parametrize("edits", [(), USER_EDITS], ids=["untouched", "edited"])
 def test_update_from_the_previous_release_equals_a_fresh_copy_plus_the_users_edits(
     combination: Combination,
@@ -242,7 +243,7 @@ def test_a_conflict_is_reported_inline_and_keeps_both_sides(
 # --- changing answers ------------------------------------------------------------------------
 
 ANSWER_CHANGES = [
-    (combination_with(), {"task_queue": "celery"}),
+    (combination_with(), {"task_queue": "celery", "celery_broker": "rabbitmq"}),
     (combination_with(), {"db_mode": "sync"}),
     (combination_with(), {"database": "postgresql"}),
     (
@@ -280,12 +281,11 @@ def test_changing_answers_equals_a_fresh_copy_whose_tests_pass(
     apply(USER_EDITS, expected)
     assert_same_tree(project, expected)
 
-    env = {}
+    # A Redis database or RabbitMQ virtual host of its own, after the combinations' own.
+    index = len(COMBINATIONS) + 1 + ANSWER_CHANGES.index((original, change))
+    env = broker_env(changed, index=index)
     if changed.database == "postgresql":
         env["DATABASE_URL"] = create_database(changed, suffix="update")
-    if changed.task_queue == "celery":
-        index = len(COMBINATIONS) + 1 + ANSWER_CHANGES.index((original, change))
-        env["REDIS_URL"] = f"{os.environ['REDIS_URL']}/{index}"
     run(["uv", "sync", "--python", sys.executable], project, project_env())
     assert_own_tests_pass(project, env)
 
