@@ -35,6 +35,7 @@ import tempfile
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
+from typing import Self
 
 STARTUP_SECONDS = 60
 FROM_PYPI = "pypi"
@@ -177,7 +178,31 @@ def reachable_programs(programs: dict[str, str], user: str | None, workdir: Path
     }
 
 
-class Postgres:
+class Server:
+    """A server the suite starts, on a free loopback port: `url` names it. As a context manager
+    it is started, then stopped for good; `stop` and `start` in between restart it."""
+
+    url: str
+
+    def start(self) -> None:
+        raise NotImplementedError
+
+    def stop(self) -> None:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        """Release what outlives a stop (nothing, unless a server says otherwise)."""
+
+    def __enter__(self) -> Self:
+        self.start()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop()
+        self.close()
+
+
+class Postgres(Server):
     """A PostgreSQL server in `workdir`, on a free loopback port, that can be stopped and
     started again (as a database restart does) on the same port and data."""
 
@@ -229,13 +254,6 @@ class Postgres:
         stop(self.process)
         self.process = None
 
-    def __enter__(self) -> Postgres:
-        self.start()
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        self.stop()
-
 
 @contextlib.contextmanager
 def postgres(workdir: Path, env: Mapping[str, str] = os.environ) -> Iterator[str]:
@@ -243,7 +261,7 @@ def postgres(workdir: Path, env: Mapping[str, str] = os.environ) -> Iterator[str
         yield server.url
 
 
-class Redis:
+class Redis(Server):
     """A Redis server in `workdir`, on a free loopback port, that can be stopped and started
     again on the same port (its data is not kept)."""
 
@@ -267,13 +285,6 @@ class Redis:
         if self.process is not None:
             stop(self.process)
             self.process = None
-
-    def __enter__(self) -> Redis:
-        self.start()
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        self.stop()
 
 
 @contextlib.contextmanager
@@ -310,7 +321,7 @@ def rabbitmq_password_hash(password: str) -> str:
     return base64.b64encode(salt + hashlib.sha256(salt + password.encode()).digest()).decode()
 
 
-class RabbitMQ:
+class RabbitMQ(Server):
     """A RabbitMQ server in `workdir`, on free loopback ports, with an Erlang port mapper of
     its own, that can be stopped and started again on the same ports and data (its durable
     queues and their persistent messages are kept). Its one user, `tests`, has a password hard to
@@ -419,12 +430,8 @@ class RabbitMQ:
                 os.kill(pid, signal.SIGKILL)
         self.process = None
 
-    def __enter__(self) -> RabbitMQ:
-        self.start()
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        self.stop()
+    def close(self) -> None:
+        """Stop its port mapper too."""
         if self.epmd_process is not None:
             stop(self.epmd_process)
             self.epmd_process = None

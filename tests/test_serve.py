@@ -799,11 +799,9 @@ def test_with_the_broker_down_a_job_answers_503_at_once_and_leaves_no_row(
 
 
 @contextmanager
-def own_broker(
-    combination: Combination, workdir: Path
-) -> Iterator[services.Redis | services.RabbitMQ]:
+def own_broker(combination: Combination, workdir: Path) -> Iterator[services.Server]:
     """A broker of the combination's kind, of the test's own: the test may stop it."""
-    server: services.Redis | services.RabbitMQ
+    server: services.Server
     if combination.celery_broker == "redis":
         server = services.Redis(workdir)
     else:
@@ -815,9 +813,7 @@ def own_broker(
         yield server
 
 
-def broker_setting(
-    combination: Combination, server: services.Redis | services.RabbitMQ
-) -> dict[str, str]:
+def broker_setting(combination: Combination, server: services.Server) -> dict[str, str]:
     """The setting that names `server` as the combination's broker."""
     return {f"{combination.celery_broker.upper()}_URL": server.url}
 
