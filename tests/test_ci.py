@@ -56,14 +56,14 @@ def test_workflow_runs_one_job_per_combination_with_real_services() -> None:
     matrix = jobs["combination"]["strategy"]["matrix"]["combination"]
     assert sorted(matrix) == sorted(c.id for c in COMBINATIONS)
     for job in jobs.values():
-        assert set(job["services"]) == {"postgres", "redis"}
+        assert set(job["services"]) == {"postgres", "redis", "mariadb"}
         install, tests = [step["run"] for step in job["steps"] if "run" in step]
         # RabbitMQ, which no PyPI package ships, from the runner's packages: the suite starts
         # its own (RABBITMQ_URL unset).
         assert "apt-get install --yes --no-install-recommends rabbitmq-server" in install
         assert "uv run pytest" in tests
         (step,) = [step for step in job["steps"] if step.get("run") == tests]
-        assert set(step["env"]) == {"POSTGRES_URL", "REDIS_URL"}
+        assert set(step["env"]) == {"POSTGRES_URL", "REDIS_URL", "MYSQL_URL"}
 
 
 def test_ci_runs_the_readme_test_command() -> None:
@@ -84,8 +84,9 @@ def test_ci_runs_the_readme_test_command() -> None:
     assert extracted.endswith("uv run pytest")
     # Everything the suite needs, the README's command gets itself, but for the servers that
     # no PyPI package ships, which the script installs first.
-    installed = re.findall(r"apt-get install (?:--\S+ )*(.+)", script)
-    assert installed == ["rabbitmq-server"], script
+    installed = re.findall(r"packages\+=\((\S+)\)", script)
+    assert sorted(installed) == ["mariadb-server", "rabbitmq-server"], script
+    assert 'apt-get install --yes --no-install-recommends "${packages[@]}"' in script
     assert not re.search(r"\bapt |pip |brew |npm ", script), script
 
 

@@ -144,16 +144,17 @@ def test_dependencies_are_exactly_what_the_combination_needs(
         "asgi-correlation-id",
         "python-json-logger",
     }
+    async_driver = {"postgresql": "asyncpg", "mysql": "asyncmy", "sqlite": "aiosqlite"}
     if combination.orm == "tortoise":
-        postgresql = combination.database == "postgresql"
-        expected |= {"aerich", "tortoise-orm[asyncpg]" if postgresql else "tortoise-orm"}
+        extra = {"postgresql": "[asyncpg]", "mysql": "[asyncmy]", "sqlite": ""}
+        expected |= {"aerich", f"tortoise-orm{extra[combination.database]}"}
     elif combination.is_async:
-        expected |= {"alembic", "sqlalchemy[asyncio]"}
-        expected.add("asyncpg" if combination.database == "postgresql" else "aiosqlite")
+        expected |= {"alembic", "sqlalchemy[asyncio]", async_driver[combination.database]}
     else:
         expected |= {"alembic", "sqlalchemy"}
-        if combination.database == "postgresql":
-            expected.add("psycopg[binary]")
+        sync_driver = {"postgresql": "psycopg[binary]", "mysql": "pymysql"}
+        if combination.database_server:
+            expected.add(sync_driver[combination.database])
     if combination.task_queue == "celery":
         # RabbitMQ's client (py-amqp) comes with Celery; Redis' is an extra.
         expected.add("celery[redis]" if combination.celery_broker == "redis" else "celery")
@@ -301,17 +302,17 @@ def test_gunicorn_config_carries_the_answers(
 
 @combination_param
 def test_own_test_suite_passes(project: Path, venv: Path, combination: Combination) -> None:
-    """Against SQLite, or a real PostgreSQL; the Celery combinations with a real worker and a
-    real Redis or RabbitMQ (a database or virtual host of their own, so that parallel runs do
-    not share a queue)."""
+    """Against SQLite, or a real PostgreSQL or MariaDB; the Celery combinations with a real
+    worker and a real Redis or RabbitMQ (a database or virtual host of their own, so that
+    parallel runs do not share a queue)."""
     env = broker_env(combination)
-    if combination.database == "postgresql":
+    if combination.database_server:
         env["DATABASE_URL"] = database_url_for(combination)
     assert_own_tests_pass(project, env)
 
 
 UNREACHABLE = {
-    "DATABASE_URL": "postgresql://postgres@127.0.0.1:1/nothing",
+    "DATABASE_URL": "{database}://nobody@127.0.0.1:1/nothing",
     "REDIS_URL": "redis://127.0.0.1:1/0",
     "RABBITMQ_URL": "amqp://guest:guest@127.0.0.1:1//",
 }
@@ -320,22 +321,32 @@ UNREACHABLE = {
 def needs_servers(combination: Combination) -> list[str]:
     """The variables naming the servers the combination's own tests need."""
     broker = [combination.broker_variable] if combination.broker_variable else []
-    return (["DATABASE_URL"] if combination.database == "postgresql" else []) + broker
+    return (["DATABASE_URL"] if combination.database_server else []) + broker
 
 
-@combinations_where(lambda c: c.database == "postgresql" and c.task_queue == "celery")
+@combinations_where(
+    lambda c: (
+        c.database_server
+        and c.task_queue == "celery"
+        and (c.database == "postgresql" or broker_aside(c))
+    )
+)
 def test_own_test_suite_fails_naming_the_variable_of_an_unreachable_service(
     project: Path, venv: Path, combination: Combination
 ) -> None:
     """A required server that cannot be reached fails the suite, never passes it silently
-    (for each ORM and mode, in the combinations that need both servers; the database once, with
-    Redis, since RabbitMQ's combinations differ from those only in the broker)."""
+    (for each ORM, mode and database server, in the combinations that need both servers; the
+    database once, with Redis, since RabbitMQ's combinations differ from those only in the
+    broker, and the broker once per server, with PostgreSQL)."""
     variables = needs_servers(combination)
     if not broker_aside(combination):
         variables.remove("DATABASE_URL")
+    if combination.database != "postgresql":
+        variables.remove(combination.broker_variable)
     for variable in variables:
-        env = {**project_env(), variable: UNREACHABLE[variable]}
-        if variable == combination.broker_variable and combination.database == "postgresql":
+        unreachable = UNREACHABLE[variable].format(database=combination.database)
+        env = {**project_env(), variable: unreachable}
+        if variable == combination.broker_variable:
             env["DATABASE_URL"] = database_url_for(combination)
         command = [
             str(venv / "bin" / "pytest"),
@@ -406,9 +417,10 @@ def test_ci_workflow_is_valid_and_starts_the_services_it_needs(
 
     job = yaml.safe_load(workflow.read_text())["jobs"]["check"]
     services = set(job.get("services", {}))
-    assert ("postgres" in services) == (combination.database == "postgresql")
-    assert services - {"postgres"} == {combination.broker_service} - {None}
-    assert ("DATABASE_URL" in job.get("env", {})) == (combination.database == "postgresql")
+    database = {"postgresql": "postgres", "mysql": "mariadb"}.get(combination.database)
+    assert services - {combination.broker_service} == {database} - {None}
+    assert {combination.broker_service} - {None} <= services
+    assert ("DATABASE_URL" in job.get("env", {})) == combination.database_server
     brokers = {"REDIS_URL", "RABBITMQ_URL"} & set(job.get("env", {}))
     assert brokers == {combination.broker_variable} - {None}
     commands = [step["run"] for step in job["steps"] if "run" in step]
@@ -469,9 +481,8 @@ def test_compose_file_is_valid_and_starts_what_the_combination_needs(
     check = Path(sys.executable).parent / "check-jsonschema"
     run([str(check), "--builtin-schema", "vendor.compose-spec", "compose.yaml"], project)
     services = yaml.safe_load((project / "compose.yaml").read_text())["services"]
-    postgresql = combination.database == "postgresql"
     celery = combination.task_queue == "celery"
-    backing = {"db"} if postgresql else set()
+    backing = {"db"} if combination.database_server else set()
     backing |= {combination.broker_service} if combination.broker_service else set()
     monitoring = {"prometheus", "grafana"}
     assert set(services) == (
@@ -505,18 +516,29 @@ def test_compose_file_is_valid_and_starts_what_the_combination_needs(
         assert environment["ENVIRONMENT"] == "production"
         brokers = {"REDIS_URL", "RABBITMQ_URL"} & set(environment)
         assert brokers == {combination.broker_variable} - {None}
-        if postgresql:
+        if combination.database == "postgresql":
             scheme = "postgres" if combination.orm == "tortoise" else "postgresql"
             assert environment["DATABASE_URL"].startswith(f"{scheme}://{SLUG}:${{POSTGRES_PASS")
             assert environment["DATABASE_URL"].endswith(f"@db:5432/{SLUG}")
+        elif combination.database == "mysql":
+            assert environment["DATABASE_URL"].startswith(f"mysql://{SLUG}:${{MARIADB_PASSWORD")
+            assert environment["DATABASE_URL"].endswith(f"@db:3306/{SLUG}")
         else:
             data = Path("/data") / f"{SLUG}.db"
             assert environment["DATABASE_URL"] == sqlite_url(combination, data)
             assert service["volumes"] == ["data:/data"]
-    if postgresql:
+    if combination.database == "postgresql":
         db = services["db"]
         assert db["environment"]["POSTGRES_USER"] == db["environment"]["POSTGRES_DB"] == SLUG
         assert "max_connections=100" in db["command"]
+    if combination.database == "mysql":
+        # The app's user owns its database; the root password is random, never used.
+        db = services["db"]
+        assert db["environment"]["MARIADB_USER"] == db["environment"]["MARIADB_DATABASE"] == SLUG
+        assert db["environment"]["MARIADB_PASSWORD"].startswith("${MARIADB_PASSWORD")
+        assert db["environment"]["MARIADB_RANDOM_ROOT_PASSWORD"] == "yes"
+        assert db["command"] == ["--max-connections=100"]
+        assert db["volumes"] == ["mariadb:/var/lib/mysql"]
     if combination.broker_service == "rabbitmq":
         # The app's user is RabbitMQ's (its guest may connect only from its own container),
         # and the broker keeps its queues on a volume, under a node name that stays the same.

@@ -1,7 +1,7 @@
-"""Every combination's migrations, applied for real to its database (a real PostgreSQL, or a
-SQLite file), build exactly the schema the app creates from its models in development, and the
-app leaves the schema alone in production. A model change gets its migration the way the
-README says."""
+"""Every combination's migrations, applied for real to its database (a real PostgreSQL or
+MariaDB, or a SQLite file), build exactly the schema the app creates from its models in
+development, and the app leaves the schema alone in production. A model change gets its
+migration the way the README says."""
 
 from __future__ import annotations
 
@@ -18,6 +18,7 @@ from tests.projects import (
     database_env,
     empty_database,
     migrate_command,
+    query,
     run,
     sqlite_file,
     start_up,
@@ -30,6 +31,10 @@ TABLES = ("items", "jobs")
 
 def schema(combination: Combination, url: str) -> str:
     """The tables' definitions as the database itself reports them."""
+    if combination.database == "mysql":
+        return "\n".join(
+            row for table in TABLES for row in query(combination, url, f"SHOW CREATE TABLE {table}")
+        )
     if combination.database == "postgresql":
         selection = [arg for table in TABLES for arg in ("--table", table)]
         dump = subprocess.run(

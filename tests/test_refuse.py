@@ -28,7 +28,7 @@ REFUSED = [
     ({"project_name": 'The "Best" API'}, "project_name must not contain double quotes"),
     ({"project_name": "C:\\API"}, "project_name must not contain double quotes or backslashes"),
     ({"description": 'Says "hi"'}, "description must not contain double quotes or backslashes"),
-    ({"database": "mysql"}, "Invalid choice for 'database'"),
+    ({"database": "oracle"}, "Invalid choice for 'database'"),
     ({"db_mode": "threads"}, "Invalid choice for 'db_mode'"),
     ({"orm": "django"}, "Invalid choice for 'orm'"),
     ({"task_queue": "rq"}, "Invalid choice for 'task_queue'"),
@@ -53,6 +53,11 @@ REFUSED = [
         {"database": "postgresql", "workers": 10, "pool_size": 20, "max_overflow": 0},
         "10 workers x (20 pool_size + 0 max_overflow) = 200 connections, more than "
         "db_max_connections (100)",
+    ),
+    (
+        {"database": "mysql", "workers": 4, "db_max_connections": 59},
+        "4 workers x (5 pool_size + 10 max_overflow) = 60 connections, more than "
+        "db_max_connections (59)",
     ),
 ]
 
@@ -90,6 +95,7 @@ def test_an_existing_directory_keeps_its_files_when_an_answer_is_refused(tmp_pat
         # the connection budget: the edge that fits exactly, with and without Celery
         {"database": "postgresql", "workers": 4, "db_max_connections": 60},
         {"database": "postgresql", "task_queue": "celery", "workers": 4, "db_max_connections": 64},
+        {"database": "mysql", "workers": 4, "db_max_connections": 60},
         # with workers derived from the CPU count there is nothing to check at copy time
         {"database": "postgresql", "workers": 0, "pool_size": 500, "db_max_connections": 10},
         # SQLite has no connection budget
@@ -104,8 +110,9 @@ def test_edge_answers_are_accepted(tmp_path: Path, data: dict[str, object]) -> N
 
 
 @pytest.mark.xdist_group("refuse")
-def test_db_max_connections_is_asked_only_for_postgresql(tmp_path: Path) -> None:
+def test_db_max_connections_is_asked_only_for_a_database_server(tmp_path: Path) -> None:
     sqlite = render(tmp_path / "sqlite", {"database": "sqlite"})
-    postgresql = render(tmp_path / "postgresql", {"database": "postgresql"})
     assert "db_max_connections" not in (sqlite / ".copier-answers.yml").read_text()
-    assert "db_max_connections: 100" in (postgresql / ".copier-answers.yml").read_text()
+    for database in ("postgresql", "mysql"):
+        project = render(tmp_path / database, {"database": database})
+        assert "db_max_connections: 100" in (project / ".copier-answers.yml").read_text()

@@ -479,19 +479,29 @@ def test_overload_queues_and_never_deadlocks(
 RESTART_CLIENTS = 8
 
 
-@combinations_where(lambda c: c.database == "postgresql" and c.task_queue == "background")
+def own_database_server(combination: Combination, workdir: Path) -> services.Server:
+    """A server of the combination's database, for a test that stops and starts it."""
+    if combination.database == "postgresql":
+        return services.Postgres(workdir)
+    try:
+        return services.MariaDB(workdir)
+    except services.Unavailable as exc:
+        unavailable(exc)
+
+
+@combinations_where(lambda c: c.database_server and c.task_queue == "background")
 def test_a_database_restart_costs_503s_never_500s_and_the_pool_recovers(
     project: Path, venv: Path, combination: Combination, tmp_path: Path
 ) -> None:
-    """A PostgreSQL server of the test's own is restarted (fast shutdown, then start) under
-    load: requests meanwhile answer 200 or 503 with Retry-After, never 500 nor a dropped
-    connection, readiness answers 503 naming the database, and once it is back every request
-    succeeds, with no restart of the app."""
+    """A PostgreSQL or MariaDB server of the test's own is restarted (a shutdown that
+    disconnects its clients, then a start) under load: requests meanwhile answer 200 or 503 with
+    Retry-After, never 500 nor a dropped connection, readiness answers 503 naming the database,
+    and once it is back every request succeeds, with no restart of the app."""
     with (
         tempfile.TemporaryDirectory(prefix="cf-restart-") as workdir,
-        services.Postgres(Path(workdir)) as database,
+        own_database_server(combination, Path(workdir)) as database,
     ):
-        run([services.postgres_bin("psql"), database.url, "-c", "CREATE DATABASE app"], project)
+        query(combination, database.url, "CREATE DATABASE app")
         env = environment(combination, tmp_path, "restart") | {
             "DATABASE_URL": database.url.rsplit("/", 1)[0] + "/app",
             "WEB_CONCURRENCY": "1",

@@ -146,8 +146,8 @@ def generate(
 # --- from the previous release ---------------------------------------------------------------
 
 
-# The previous release has no RabbitMQ broker: its projects are Redis ones.
-@combinations_where(broker_aside)
+# RabbitMQ's projects differ from Redis' ones only in the broker.
+@combinations_where(lambda c: broker_aside(c) and releases.offered_by_previous_release(c))
 @pytest.mark.parametrize("edits", [(), USER_EDITS], ids=["untouched", "edited"])
 def test_update_from_the_previous_release_equals_a_fresh_copy_plus_the_users_edits(
     combination: Combination,
@@ -172,7 +172,9 @@ def test_update_from_the_previous_release_equals_a_fresh_copy_plus_the_users_edi
 # --- a production database of the previous release --------------------------------------------
 
 
-@combinations_where(lambda c: c.task_queue == "background")
+@combinations_where(
+    lambda c: c.task_queue == "background" and releases.offered_by_previous_release(c)
+)
 def test_a_production_database_of_the_previous_release_keeps_its_rows_through_the_migrations(
     combination: Combination, template_repo: releases.TemplateRepo, tmp_path: Path
 ) -> None:
@@ -245,7 +247,7 @@ def test_a_conflict_is_reported_inline_and_keeps_both_sides(
 ANSWER_CHANGES = [
     (combination_with(), {"task_queue": "celery", "celery_broker": "rabbitmq"}),
     (combination_with(), {"db_mode": "sync"}),
-    (combination_with(), {"database": "postgresql"}),
+    (combination_with(), {"database": "mysql"}),
     (
         combination_with(orm="tortoise"),
         {"db_mode": "sync", "orm": "sqlalchemy"},
@@ -284,8 +286,8 @@ def test_changing_answers_equals_a_fresh_copy_whose_tests_pass(
     # A Redis database or RabbitMQ virtual host of its own, after the combinations' own.
     index = len(COMBINATIONS) + 1 + ANSWER_CHANGES.index((original, change))
     env = broker_env(changed, index=index)
-    if changed.database == "postgresql":
-        env["DATABASE_URL"] = create_database(changed, suffix="update")
+    if changed.database_server:
+        env["DATABASE_URL"] = create_database(changed, suffix="update", empty=True)
     run(["uv", "sync", "--python", sys.executable], project, project_env())
     assert_own_tests_pass(project, env)
 
