@@ -111,7 +111,7 @@ def revision_command(combination: Combination, venv: Path) -> list[str]:
 
 @combinations_where(lambda c: c.task_queue == "background")
 def test_a_model_change_gets_a_clean_migration_that_applies(
-    project: Path, venv: Path, combination: Combination, tmp_path: Path
+    project: Path, venv: Path, combination: Combination, tmp_path: Path, mypy_cache: Path
 ) -> None:
     """The workflow the README describes: change a model, write its migration with the ORM's
     tool, apply it (and, with Alembic, undo it). The new migration is lint-, format- and
@@ -130,7 +130,8 @@ def test_a_model_change_gets_a_clean_migration_that_applies(
         [written] = set((project / "migrations").rglob("*.py")) - before
         assert "price" in written.read_text()
         for tool in (["ruff", "check"], ["ruff", "format", "--check"], ["mypy"]):
-            run([str(venv / "bin" / tool[0]), *tool[1:], str(written)], project)
+            command = [str(venv / "bin" / tool[0]), *tool[1:], str(written)]
+            run(command, project, {"MYPY_CACHE_DIR": str(mypy_cache)})
 
         run(migrate_command(combination, venv), project, env)
         check_output_is_clean(combination, run(check_command(combination, venv), project, env))
