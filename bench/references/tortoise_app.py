@@ -1,4 +1,4 @@
-"""Reference: FastAPI over Tortoise ORM (asyncpg)."""
+"""Reference: FastAPI over Tortoise ORM (asyncpg or asyncmy)."""
 
 import os
 from collections.abc import AsyncIterator
