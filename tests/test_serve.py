@@ -188,7 +188,10 @@ def test_serves_under_gunicorn(
                     tmp_path / "celery.log",
                 )
             )
-        for override in (None, "2"):
+        # The answer's worker count; the metrics are checked across two workers or more (a
+        # machine with one CPU derives one worker in async mode: the app is served again).
+        overrides = [None] if expected_workers(combination) >= 2 else [None, "2"]
+        for override in overrides:
             port = free_port()
             base = f"http://127.0.0.1:{port}"
             server_env = {**env, "BIND": f"127.0.0.1:{port}"}
@@ -207,7 +210,7 @@ def test_serves_under_gunicorn(
                     exercise_the_api(base)
                     if combination.task_queue == "celery":
                         assert worker.poll() is None, (tmp_path / "celery.log").read_text()
-                else:
+                if override == overrides[-1]:
                     metrics_directory = check_the_metrics(
                         base, combination, log, project, worker_metrics
                     )
@@ -226,7 +229,7 @@ def test_serves_under_gunicorn(
     assert not (tmp_path / "home" / ".gunicorn").exists()
     assert not metrics_directory.exists()
     # In production every line is a JSON object, and a request's lines carry its ID.
-    lines = assert_json_lines(tmp_path / "gunicorn-2.log")
+    lines = assert_json_lines(log)
     (access,) = [line for line in lines if line.get("request_id") == request_id]
     assert access["logger"] == "uvicorn.access", access
     assert (access["method"], access["path"], access["status"]) == ("GET", "/health", 200)

@@ -148,15 +148,29 @@ def generate(
 
 # RabbitMQ's projects differ from Redis' ones only in the broker.
 @combinations_where(lambda c: broker_aside(c) and releases.offered_by_previous_release(c))
-@pytest.mark.parametrize("edits", [(), USER_EDITS], ids=["untouched", "edited"])
 def test_update_from_the_previous_release_equals_a_fresh_copy_plus_the_users_edits(
+    combination: Combination, template_repo: releases.TemplateRepo, tmp_path: Path
+) -> None:
+    """The edits survive and the template's changes arrive."""
+    check_update_from_the_previous_release(combination, USER_EDITS, template_repo, tmp_path)
+
+
+@for_combination(combination_with())
+def test_an_untouched_project_of_the_previous_release_becomes_a_fresh_copy(
+    combination: Combination, template_repo: releases.TemplateRepo, tmp_path: Path
+) -> None:
+    """Without edits of the user's (once: every combination's update is checked with them)."""
+    check_update_from_the_previous_release(combination, (), template_repo, tmp_path)
+
+
+def check_update_from_the_previous_release(
     combination: Combination,
     edits: Sequence[Edit],
     template_repo: releases.TemplateRepo,
     tmp_path: Path,
 ) -> None:
-    """Untouched, the project becomes a fresh copy of the current template; edited, the edits
-    survive and the template's changes arrive."""
+    """A project of the previous release, with `edits`, updated to the working tree: a fresh
+    copy of it, with the same edits."""
     answers = answers_for(combination)
     previous = template_repo.previous.tag
     project = generate(tmp_path / "project", answers, template_repo.path, previous, edits)
