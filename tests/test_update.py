@@ -269,6 +269,15 @@ ANSWER_CHANGES = [
 ]
 
 
+# What a changed answer changes: where the data lives, how jobs run, how the schema is made.
+UPDATED_PROJECT_TESTS = (
+    "tests/test_health.py",
+    "tests/test_items.py",
+    "tests/test_jobs.py",
+    "tests/test_migrations.py",
+)
+
+
 @pytest.mark.parametrize(
     ("original", "change"),
     [
@@ -287,6 +296,9 @@ def test_changing_answers_equals_a_fresh_copy_whose_tests_pass(
     template_repo: releases.TemplateRepo,
     tmp_path: Path,
 ) -> None:
+    """The updated project is a fresh copy with the new answers (plus the user's edits), whose
+    whole suite test_combinations.py runs; here, its own tests of the database, the jobs and the
+    migrations pass in the environment `uv sync` makes of it after the update."""
     answers = answers_for(original)
     project = generate(tmp_path / "project", answers, template_repo.path, "HEAD", USER_EDITS)
 
@@ -303,7 +315,7 @@ def test_changing_answers_equals_a_fresh_copy_whose_tests_pass(
     if changed.database_server:
         env["DATABASE_URL"] = create_database(changed, suffix="update", empty=True)
     run(["uv", "sync", "--python", sys.executable], project, project_env())
-    assert_own_tests_pass(project, env)
+    assert_own_tests_pass(project, env, *UPDATED_PROJECT_TESTS)
 
 
 # --- an invalid combination ------------------------------------------------------------------
