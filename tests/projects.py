@@ -86,14 +86,7 @@ SERVER_VARIABLES = {"postgresql": "POSTGRES_URL", "mysql": "MYSQL_URL"}
 def server_url(combination: Combination) -> str:
     """The URL of the suite's server of the combination's database. Skips the test where
     MariaDB is needed and not installed (never in CI: the run fails at its start there)."""
-    variable = SERVER_VARIABLES[combination.database]
-    if variable not in os.environ:
-        try:
-            services.mariadb_programs()
-        except services.Unavailable as exc:
-            unavailable(exc)
-        raise KeyError(variable)
-    return os.environ[variable]
+    return suite_service(SERVER_VARIABLES[combination.database])
 
 
 def database_url_for(combination: Combination) -> str:
@@ -242,6 +235,22 @@ def unavailable(exc: services.Unavailable) -> NoReturn:
     pytest.skip(str(exc))
 
 
+# The servers no PyPI package ships, by the variable that names them: the suite may lack them.
+MACHINE_ONLY = {"MYSQL_URL": services.mariadb_programs, "RABBITMQ_URL": services.rabbitmq_programs}
+
+
+def suite_service(variable: str) -> str:
+    """The URL of the suite's server that `variable` names. Skips the test where that server
+    is MariaDB or RabbitMQ and the machine has none (never in CI: the run fails at its start
+    there)."""
+    if variable not in os.environ and variable in MACHINE_ONLY:
+        try:
+            MACHINE_ONLY[variable]()
+        except services.Unavailable as exc:
+            unavailable(exc)
+    return os.environ[variable]
+
+
 def broker_env(combination: Combination, index: int | None = None) -> dict[str, str]:
     """The combination's broker setting, if it has one: a Redis database or a RabbitMQ virtual
     host of its own (by default, numbered after the combination), so that parallel runs share
@@ -250,11 +259,5 @@ def broker_env(combination: Combination, index: int | None = None) -> dict[str, 
     variable = combination.broker_variable
     if variable is None:
         return {}
-    if variable not in os.environ:
-        try:
-            services.rabbitmq_programs()
-        except services.Unavailable as exc:
-            unavailable(exc)
-        raise KeyError(variable)
     number = COMBINATIONS.index(combination) + 1 if index is None else index
-    return {variable: f"{os.environ[variable].rstrip('/')}/{number}"}
+    return {variable: f"{suite_service(variable).rstrip('/')}/{number}"}
