@@ -1,13 +1,13 @@
 """Every combination served for real, in production mode: its migrations build the schema, then
 gunicorn boots the project's own gunicorn.conf.py on a free loopback port against its real
-database (and, for Celery, a real worker started by the project's launcher on real Redis);
-the worker count is the one asked for, the API works under more concurrent requests than it
-has connections, one scrape of /metrics counts every worker's requests (and the Celery worker
-serves its jobs' metrics), every metric the dashboard shows is exported where Prometheus
+database (and, for Celery, a real worker started by the project's launcher on a real Redis or
+RabbitMQ); the worker count is the one asked for, the API works under more concurrent requests
+than it has connections, one scrape of /metrics counts every worker's requests (and the Celery
+worker serves its jobs' metrics), every metric the dashboard shows is exported where Prometheus
 scrapes it, every log line is JSON with the request's ID, and SIGTERM shuts it down cleanly
-within graceful_timeout. Then the faults: overload, a database restart, killed workers (web and
-Celery, leaving no process behind), a broker that is down or lost its tasks, signals; and the
-project's own k6 load test."""
+within graceful_timeout. Then the faults: overload, a database restart (PostgreSQL and MariaDB),
+killed workers (web and Celery, leaving no process behind), a broker that is down or lost its
+tasks, signals; and the project's own k6 load test."""
 
 from __future__ import annotations
 
