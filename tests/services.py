@@ -255,12 +255,6 @@ class Postgres(Server):
         self.process = None
 
 
-@contextlib.contextmanager
-def postgres(workdir: Path, env: Mapping[str, str] = os.environ) -> Iterator[str]:
-    with Postgres(workdir, env) as server:
-        yield server.url
-
-
 class Redis(Server):
     """A Redis server in `workdir`, on a free loopback port, that can be stopped and started
     again on the same port (its data is not kept)."""
@@ -285,12 +279,6 @@ class Redis(Server):
         if self.process is not None:
             stop(self.process)
             self.process = None
-
-
-@contextlib.contextmanager
-def redis(workdir: Path, env: Mapping[str, str] = os.environ) -> Iterator[str]:
-    with Redis(workdir, env) as server:
-        yield server.url
 
 
 RABBITMQ_SERVER = "/usr/lib/rabbitmq/bin/rabbitmq-server"
@@ -509,12 +497,6 @@ class MariaDB(Server):
             self.process = None
 
 
-@contextlib.contextmanager
-def mariadb(workdir: Path, env: Mapping[str, str] = os.environ) -> Iterator[str]:
-    with MariaDB(workdir) as server:
-        yield server.url
-
-
 def amqp_answers(port: int) -> bool:
     """Whether an AMQP broker answers on the port (with its protocol header, or a connection
     start): a listening port alone is not enough, RabbitMQ opens it before it is ready."""
@@ -539,12 +521,6 @@ def descendants(pid: int) -> list[int]:
     return found
 
 
-@contextlib.contextmanager
-def rabbitmq(workdir: Path, env: Mapping[str, str] = os.environ) -> Iterator[str]:
-    with RabbitMQ(workdir) as server:
-        yield server.url
-
-
 def stop(process: subprocess.Popen[bytes]) -> None:
     process.terminate()
     try:
@@ -554,12 +530,12 @@ def stop(process: subprocess.Popen[bytes]) -> None:
         process.wait()
 
 
-Starter = Callable[[Path, Mapping[str, str]], contextlib.AbstractContextManager[str]]
-SERVICES: dict[str, Starter] = {
-    "POSTGRES_URL": postgres,
-    "REDIS_URL": redis,
-    "RABBITMQ_URL": rabbitmq,
-    "MYSQL_URL": mariadb,
+# Each service by the variable that names it: the server to start for it, in a directory.
+SERVICES: dict[str, Callable[[Path, Mapping[str, str]], Server]] = {
+    "POSTGRES_URL": Postgres,
+    "REDIS_URL": Redis,
+    "RABBITMQ_URL": lambda workdir, env: RabbitMQ(workdir),
+    "MYSQL_URL": lambda workdir, env: MariaDB(workdir),
 }
 
 
@@ -573,26 +549,29 @@ def ensure_services(
     with contextlib.ExitStack() as stack:
         wanted = {variable: SERVICES[variable] for variable in variables}
         urls = {variable: env[variable] for variable in wanted if env.get(variable)}
-        servers = {}
-        for variable, start in wanted.items():
-            if variable not in urls:
-                workdir = stack.enter_context(tempfile.TemporaryDirectory(prefix="cf-svc-"))
-                servers[variable] = start(Path(workdir), env)
-        with concurrent.futures.ThreadPoolExecutor(max(1, len(servers))) as pool:
-            started = {
-                variable: pool.submit(server.__enter__) for variable, server in servers.items()
-            }
+        missing = [variable for variable in wanted if variable not in urls]
+        workdirs = {
+            variable: Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="cf-svc-")))
+            for variable in missing
+        }
+
+        def start(variable: str) -> Server:
+            return wanted[variable](workdirs[variable], env).__enter__()
+
+        with concurrent.futures.ThreadPoolExecutor(max(1, len(missing))) as pool:
+            started = {variable: pool.submit(start, variable) for variable in missing}
         failures = []
         for variable, future in started.items():
             try:
-                urls[variable] = future.result()
+                server = future.result()
             except Unavailable as exc:
                 if in_ci(env):
                     failures.append(str(exc))
             except ServiceError as exc:
                 failures.append(str(exc))
             else:
-                stack.push(servers[variable].__exit__)
+                urls[variable] = server.url
+                stack.push(server.__exit__)
         if failures:
             raise ServiceError("\n".join(failures))
         yield urls
