@@ -82,6 +82,15 @@ def broker_aside(combination: Combination) -> bool:
     return combination.celery_broker != "rabbitmq"
 
 
+def stands_for_its_broker(combination: Combination) -> bool:
+    """Whether the combination is the one a test of its broker alone runs with: PostgreSQL and
+    async SQLAlchemy (what the broker does is the same whichever ORM and mode run the job)."""
+    representative = combination_with(
+        database="postgresql", task_queue="celery", celery_broker=combination.celery_broker
+    )
+    return combination == representative
+
+
 def combination_with(**answers: str) -> Combination:
     """The one combination with these answers (the others at their defaults: SQLite, async
     SQLAlchemy, BackgroundTasks)."""

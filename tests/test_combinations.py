@@ -25,6 +25,7 @@ from tests.combinations import (
     combination_with,
     combinations_where,
     for_combination,
+    stands_for_its_broker,
 )
 from tests.projects import (
     SLUG,
@@ -318,20 +319,11 @@ UNREACHABLE = {
 }
 
 
-def checks_the_broker(combination: Combination) -> bool:
-    """Whether the unreachable-service test checks the combination's broker: once per broker,
-    with PostgreSQL and async SQLAlchemy (the test's check of a broker is the same code in
-    every combination)."""
-    broker = combination.celery_broker
-    representative = combination_with(
-        database="postgresql", task_queue="celery", celery_broker=broker
-    )
-    return combination == representative
-
-
 @combinations_where(
     lambda c: (
-        c.database_server and c.task_queue == "celery" and (broker_aside(c) or checks_the_broker(c))
+        c.database_server
+        and c.task_queue == "celery"
+        and (broker_aside(c) or stands_for_its_broker(c))
     )
 )
 def test_own_test_suite_fails_naming_the_variable_of_an_unreachable_service(
@@ -341,7 +333,7 @@ def test_own_test_suite_fails_naming_the_variable_of_an_unreachable_service(
     the database for each ORM, mode and database server (with Redis: RabbitMQ's combinations
     differ from those only in the broker), each broker once."""
     variables = ["DATABASE_URL"] if broker_aside(combination) else []
-    if checks_the_broker(combination):
+    if stands_for_its_broker(combination):
         variables.append(combination.broker_variable)
     for variable in variables:
         unreachable = UNREACHABLE[variable].format(database=combination.database)

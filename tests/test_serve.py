@@ -35,8 +35,8 @@ from tests import services
 from tests.combinations import (
     Combination,
     combination_param,
-    combination_with,
     combinations_where,
+    stands_for_its_broker,
 )
 from tests.projects import (
     SLUG,
@@ -648,13 +648,7 @@ def broker_fault_stack(combination: Combination) -> bool:
     return (
         combination.database == "postgresql"
         and combination.task_queue == "celery"
-        and (
-            combination.celery_broker == "redis"
-            or combination.data
-            == combination_with(
-                database="postgresql", task_queue="celery", celery_broker="rabbitmq"
-            ).data
-        )
+        and (combination.celery_broker == "redis" or stands_for_its_broker(combination))
     )
 
 
