@@ -6,13 +6,14 @@ from __future__ import annotations
 import contextlib
 import os
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
 
 from tests import services
 from tests.combinations import Combination, isolated_copier_settings, render
-from tests.projects import answers_for, project_env, run
+from tests.projects import ENVIRONMENTS, answers_for, project_env, run, sync
 
 SERVERS = pytest.StashKey[contextlib.ExitStack]()
 
@@ -40,6 +41,9 @@ def pytest_configure(config: pytest.Config) -> None:
         servers.close()
         raise pytest.UsageError(f"The test servers are not available: {exc}") from exc
     os.environ.update(urls)
+    os.environ[ENVIRONMENTS] = servers.enter_context(
+        tempfile.TemporaryDirectory(prefix="cf-environments-")
+    )
 
 
 def pytest_xdist_auto_num_workers(config: pytest.Config) -> int:
@@ -72,7 +76,7 @@ class Projects:
         """The project installed with `uv sync` from its own pyproject."""
         project = self.project(combination)
         if combination not in self.installed:
-            run(["uv", "sync", "--python", sys.executable], project, project_env())
+            sync(project, project_env())
             self.installed.add(combination)
         return project / ".venv"
 

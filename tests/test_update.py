@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import re
 import subprocess
-import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -42,6 +41,7 @@ from tests.projects import (
     query,
     run,
     start_up,
+    sync,
 )
 
 
@@ -199,7 +199,7 @@ def test_a_production_database_of_the_previous_release_keeps_its_rows_through_th
     project = generate(tmp_path / "project", answers_for(combination), template_repo.path, previous)
     url = empty_database(combination, "previous", tmp_path)
     env = database_env(url, "production")
-    run(["uv", "sync", "--python", sys.executable], project, env)
+    sync(project, env)
     git(project, "add", "-A")
     git(project, "commit", "--quiet", "-m", "Lock the dependencies")
     # The previous release's app, creating its tables at start-up.
@@ -207,7 +207,7 @@ def test_a_production_database_of_the_previous_release_keeps_its_rows_through_th
     query(combination, url, "INSERT INTO items (name, quantity) VALUES ('kept', 3)")
 
     update(project)
-    run(["uv", "sync", "--python", sys.executable], project, env)
+    sync(project, env)
     venv = project / ".venv"
     run(migrate_command(combination, venv), project, env)
     check_output_is_clean(combination, run(check_command(combination, venv), project, env))
@@ -314,7 +314,7 @@ def test_changing_answers_equals_a_fresh_copy_whose_tests_pass(
     env = broker_env(changed, index=index)
     if changed.database_server:
         env["DATABASE_URL"] = create_database(changed, suffix="update", empty=True)
-    run(["uv", "sync", "--python", sys.executable], project, project_env())
+    sync(project, project_env())
     assert_own_tests_pass(project, env, *UPDATED_PROJECT_TESTS)
 
 
