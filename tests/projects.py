@@ -4,12 +4,12 @@ servers it is given, and running its tools."""
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
 import re
 import sqlite3
 import subprocess
 import sys
-import uuid
 from pathlib import Path
 from typing import NoReturn
 from urllib.parse import unquote, urlsplit
@@ -94,7 +94,11 @@ def share_bytecode(venv: Path) -> None:
         return
     tag = f".{sys.implementation.cache_tag}.pyc"
     site = site_packages(venv)
+    # An environment synced again (after an update) is listed once.
+    listed = Path(listing) / hashlib.sha256(str(venv).encode()).hexdigest()
     for entry in Path(listing).iterdir():
+        if entry == listed:
+            continue
         other = site_packages(entry.resolve())
         for directory, _, names in os.walk(other):
             if not directory.endswith("__pycache__"):
@@ -109,7 +113,8 @@ def share_bytecode(venv: Path) -> None:
                         cache.mkdir(exist_ok=True)
                         with contextlib.suppress(FileExistsError):
                             os.link(Path(directory) / name, cache / name)
-    (Path(listing) / uuid.uuid4().hex).symlink_to(venv)
+    if not listed.is_symlink():
+        listed.symlink_to(venv)
 
 
 def site_packages(venv: Path) -> Path:
