@@ -207,8 +207,7 @@ def test_a_production_database_of_the_previous_release_keeps_its_rows_through_th
     query(combination, url, "INSERT INTO items (name, quantity) VALUES ('kept', 3)")
 
     update(project)
-    sync(project, env)
-    venv = project / ".venv"
+    venv = sync(project, env)
     run(migrate_command(combination, venv), project, env)
     check_output_is_clean(combination, run(check_command(combination, venv), project, env))
     assert query(combination, url, "SELECT name, quantity FROM items") == ["kept|3"]
