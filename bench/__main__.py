@@ -46,9 +46,11 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
-from tests import services
-from tests.combinations import Combination, combination_with, render
-from tests.projects import SERVER_VARIABLES, migrate_command, mysql_connection
+from support import services
+from support.combinations import Combination, combination_with, render
+from support.databases import migrate_command, mysql_connection
+from support.programs import postgres_bin
+from support.services import SERVER_VARIABLES
 
 HERE = Path(__file__).resolve().parent
 ROWS = 10_000
@@ -141,7 +143,7 @@ def run(command: list[str], cwd: Path, env: dict[str, str] | None = None) -> str
 
 
 def psql(url: str, statement: str) -> str:
-    return run([services.postgres_bin("psql"), url, "-Atc", statement], Path.cwd()).strip()
+    return run([postgres_bin("psql"), url, "-Atc", statement], Path.cwd()).strip()
 
 
 def mysql(url: str, *statements: str) -> str:

@@ -11,8 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from tests import services
-from tests.combinations import Combination, isolated_copier_settings, render
+from support.combinations import Combination, isolated_copier_settings, render
+from support.programs import ServiceError
+from support.services import ensure_services
 from tests.projects import ENVIRONMENTS, answers_for, project_env, run, sync
 
 SERVERS = pytest.StashKey[contextlib.ExitStack]()
@@ -36,8 +37,8 @@ def pytest_configure(config: pytest.Config) -> None:
         return
     servers = config.stash[SERVERS] = contextlib.ExitStack()
     try:
-        urls = servers.enter_context(services.ensure_services())
-    except (services.ServiceError, OSError) as exc:
+        urls = servers.enter_context(ensure_services())
+    except (ServiceError, OSError) as exc:
         servers.close()
         raise pytest.UsageError(f"The test servers are not available: {exc}") from exc
     os.environ.update(urls)

@@ -7,19 +7,17 @@ import contextlib
 import hashlib
 import os
 import re
-import sqlite3
 import subprocess
 import sys
 from pathlib import Path
 from typing import NoReturn
-from urllib.parse import unquote, urlsplit
 
-import pymysql
 import pytest
 
-from tests import services
-from tests.combinations import COMBINATIONS, Combination
-from tests.services import postgres_bin
+from support import databases
+from support.combinations import COMBINATIONS, Combination
+from support.programs import Unavailable, in_ci, mariadb_programs, postgres_bin, rabbitmq_programs
+from support.services import SERVER_VARIABLES
 
 SLUG = "inventory"
 COMMAND_TIMEOUT = 600
@@ -138,10 +136,6 @@ def assert_own_tests_pass(project: Path, env: dict[str, str], *paths: str) -> No
     assert "skipped" not in summary, output
 
 
-# The variable naming the suite's server of each database that has one.
-SERVER_VARIABLES = {"postgresql": "POSTGRES_URL", "mysql": "MYSQL_URL"}
-
-
 def server_url(combination: Combination) -> str:
     """The URL of the suite's server of the combination's database. Skips the test where
     MariaDB is needed and not installed (never in CI: the run fails at its start there)."""
@@ -195,40 +189,10 @@ def database_env(url: str, environment: str) -> dict[str, str]:
     return {**project_env(), "ENVIRONMENT": environment, "DATABASE_URL": url}
 
 
-def sqlite_file(url: str) -> str:
-    """The path of the SQLite file a URL names (an absolute one, as the tests write them)."""
-    return "/" + url.split("://", 1)[1].lstrip("/")
-
-
 def query(combination: Combination, url: str, statement: str) -> list[str]:
-    """Run one SQL statement on the database at `url`: its rows, the columns joined by `|`."""
-    if combination.database == "mysql":
-        with contextlib.closing(mysql_connection(url)) as connection, connection.cursor() as cursor:
-            cursor.execute(statement)
-            return ["|".join(map(str, row)) for row in cursor.fetchall()]
-    if combination.database == "postgresql":
-        output = subprocess.run(
-            [postgres_bin("psql"), url, "--tuples-only", "--no-align", "--command", statement],
-            capture_output=True,
-            text=True,
-            check=True,
-        ).stdout
-        return output.splitlines()
-    with contextlib.closing(sqlite3.connect(sqlite_file(url))) as connection, connection:
-        return ["|".join(map(str, row)) for row in connection.execute(statement)]
-
-
-def mysql_connection(url: str) -> pymysql.Connection:
-    """A connection to the MySQL database at `url` (of any driver), committing each statement."""
-    parts = urlsplit(url)
-    return pymysql.connect(
-        host=parts.hostname,
-        port=parts.port or 3306,
-        user=unquote(parts.username or ""),
-        password=unquote(parts.password or ""),
-        database=parts.path.lstrip("/") or None,
-        autocommit=True,
-    )
+    """Run one SQL statement on the combination's kind of database at `url`: its rows, the
+    columns joined by `|`."""
+    return databases.query(combination.database, url, statement)
 
 
 def tables(combination: Combination, url: str) -> set[str]:
@@ -241,13 +205,6 @@ def tables(combination: Combination, url: str) -> set[str]:
     else:
         statement = "SELECT name FROM sqlite_master WHERE type = 'table'"
     return set(query(combination, url, statement))
-
-
-def migrate_command(combination: Combination, venv: Path) -> list[str]:
-    """The project's command that applies its migrations."""
-    if combination.orm == "tortoise":
-        return [str(venv / "bin" / "aerich"), "upgrade"]
-    return [str(venv / "bin" / "alembic"), "upgrade", "head"]
 
 
 def check_command(combination: Combination, venv: Path) -> list[str]:
@@ -287,15 +244,15 @@ def start_up(project: Path, env: dict[str, str], tmp_path: Path) -> None:
     run([str(project / ".venv" / "bin" / "python"), str(script)], project, env)
 
 
-def unavailable(exc: services.Unavailable) -> NoReturn:
+def unavailable(exc: Unavailable) -> NoReturn:
     """Skip the test that needs a server this machine does not have; fail it in CI."""
-    if services.in_ci():
+    if in_ci():
         pytest.fail(str(exc), pytrace=False)
     pytest.skip(str(exc))
 
 
 # The servers no PyPI package ships, by the variable that names them: the suite may lack them.
-MACHINE_ONLY = {"MYSQL_URL": services.mariadb_programs, "RABBITMQ_URL": services.rabbitmq_programs}
+MACHINE_ONLY = {"MYSQL_URL": mariadb_programs, "RABBITMQ_URL": rabbitmq_programs}
 
 
 def suite_service(variable: str) -> str:
@@ -305,7 +262,7 @@ def suite_service(variable: str) -> str:
     if variable not in os.environ and variable in MACHINE_ONLY:
         try:
             MACHINE_ONLY[variable]()
-        except services.Unavailable as exc:
+        except Unavailable as exc:
             unavailable(exc)
     return os.environ[variable]
 

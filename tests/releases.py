@@ -17,7 +17,7 @@ from pathlib import Path
 
 import yaml
 
-from tests.combinations import REPO_ROOT, Combination
+from support.combinations import REPO_ROOT, Combination
 
 RELEASE = re.compile(r"^Release (\d+\.\d+\.\d+)$")
 TEMPLATE_PATHS = ("copier.yml", "template")

@@ -10,7 +10,7 @@ import sys
 
 import pytest
 
-from tests.combinations import REPO_ROOT
+from support.combinations import REPO_ROOT
 
 pytestmark = pytest.mark.xdist_group("bench")
 

@@ -21,8 +21,8 @@ import yaml
 from _pytest.mark import KeywordMatcher, MarkMatcher
 from _pytest.mark.expression import Expression
 
-from tests.combinations import COMBINATIONS, REPO_ROOT
-from tests.services import free_port
+from support.combinations import COMBINATIONS, REPO_ROOT
+from support.services import free_port
 
 WORKFLOW = REPO_ROOT / ".github" / "workflows" / "ci.yml"
 pytestmark = pytest.mark.xdist_group("ci")

@@ -18,11 +18,11 @@ from pathlib import Path
 
 import yaml
 
+from support.combinations import Combination, combination_with
+from support.databases import migrate_command
 from tests.combinations import (
-    Combination,
     broker_aside,
     combination_param,
-    combination_with,
     combinations_where,
     for_combination,
     stands_for_its_broker,
@@ -33,7 +33,6 @@ from tests.projects import (
     assert_own_tests_pass,
     broker_env,
     database_url_for,
-    migrate_command,
     project_env,
     run,
     sqlite_url,

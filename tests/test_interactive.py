@@ -35,7 +35,7 @@ import pexpect
 import pytest
 import yaml
 
-from tests.combinations import REPO_ROOT
+from support.combinations import REPO_ROOT
 
 STARTUP_TIMEOUT = 60  # copier clones the template (with the dirty working tree) first
 PROMPT_TIMEOUT = 30

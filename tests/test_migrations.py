@@ -10,21 +10,21 @@ import sqlite3
 import subprocess
 from pathlib import Path
 
-from tests.combinations import Combination, combinations_where
+from support.combinations import Combination
+from support.databases import migrate_command, sqlite_file
+from support.programs import postgres_bin
+from tests.combinations import combinations_where
 from tests.projects import (
     SLUG,
     check_command,
     check_output_is_clean,
     database_env,
     empty_database,
-    migrate_command,
     query,
     run,
-    sqlite_file,
     start_up,
     tables,
 )
-from tests.services import postgres_bin
 
 TABLES = ("items", "jobs")
 

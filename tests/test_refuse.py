@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.combinations import render
+from support.combinations import render
 
 REFUSED = [
     ({"db_mode": "sync", "orm": "tortoise"}, "Tortoise ORM is async-only"),

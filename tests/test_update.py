@@ -16,16 +16,10 @@ import copier
 import pytest
 import yaml
 
+from support.combinations import COMBINATIONS, Combination, combination_with, render
+from support.databases import migrate_command
 from tests import releases
-from tests.combinations import (
-    COMBINATIONS,
-    Combination,
-    broker_aside,
-    combination_with,
-    combinations_where,
-    for_combination,
-    render,
-)
+from tests.combinations import broker_aside, combinations_where, for_combination
 from tests.projects import (
     SLUG,
     answers_for,
@@ -36,7 +30,6 @@ from tests.projects import (
     create_database,
     database_env,
     empty_database,
-    migrate_command,
     project_env,
     query,
     run,
