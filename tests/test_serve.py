@@ -19,21 +19,22 @@ import signal
 import subprocess
 import tempfile
 import time
-import urllib.error
-import urllib.request
 import uuid
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import psutil
 import pytest
 import yaml
 
 from support import programs, services
 from support.combinations import Combination
 from support.databases import migrate_command
+from support.http import Response, request
 from support.services import free_port
 from tests.combinations import combination_param, combinations_where, stands_for_its_broker
 from tests.projects import (
@@ -51,32 +52,9 @@ GRACEFUL_TIMEOUT = 10
 START_TIMEOUT = 60
 
 
-def request(
-    method: str, url: str, body: dict[str, Any] | None = None, *, request_id: str | None = None
-) -> tuple[int, Any]:
-    data = json.dumps(body).encode() if body is not None else None
-    headers = {"Content-Type": "application/json"} if body is not None else {}
-    if request_id:
-        headers["X-Request-ID"] = request_id
-    req = urllib.request.Request(url, data=data, method=method, headers=headers)
-    try:
-        with urllib.request.urlopen(req, timeout=30) as response:
-            return response.status, json.loads(response.read() or b"null")
-    except urllib.error.HTTPError as error:
-        return error.code, json.loads(error.read() or b"null")
-
-
 def children(pid: int) -> list[int]:
     """The processes whose parent is `pid`."""
-    found = []
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        if int(fields[1]) == pid:
-            found.append(int(stat.parent.name))
-    return found
+    return [child.pid for child in psutil.Process(pid).children()]
 
 
 def environment(
@@ -126,7 +104,7 @@ def wait_until_serving(base: str, server: subprocess.Popen[bytes], log: Path) ->
     deadline = time.monotonic() + START_TIMEOUT
     while True:
         try:
-            if request("GET", f"{base}/health")[0] == 200:
+            if request("GET", f"{base}/health").status == 200:
                 return
         except OSError:
             pass
@@ -207,8 +185,8 @@ def test_serves_under_gunicorn(
                         base, combination, log, project, worker_metrics
                     )
                     request_id = uuid.uuid4().hex
-                    status, _ = request("GET", f"{base}/health", request_id=request_id)
-                    assert status == 200
+                    response = request("GET", f"{base}/health", request_id=request_id)
+                    assert response.status == 200
                 stop_cleanly(server, log)
             with pytest.raises(OSError):
                 request("GET", f"{base}/health")
@@ -279,26 +257,27 @@ def check_the_metrics(
     metric; the Celery worker, if any, serves the metrics of the one job it has run; every
     metric the dashboard shows is among those, at the addresses Prometheus scrapes. Returns
     the directory the gunicorn workers write their metrics to."""
-    before, _, _ = scrape(base)
+    before = scrape(base).health_requests
     sent = 40
     with ThreadPoolExecutor(max_workers=8) as pool:
-        statuses = list(pool.map(lambda _: request("GET", f"{base}/health")[0], range(sent)))
+        statuses = list(pool.map(lambda _: request("GET", f"{base}/health").status, range(sent)))
     assert statuses == [200] * sent
     # A worker counts a request just after its response has gone: the last ones may reach the
     # shared files a moment after their client has its answer.
     deadline = time.monotonic() + 5
-    while (scraped := scrape(base))[0] < before + sent and time.monotonic() < deadline:
+    while (after := scrape(base)).health_requests < before + sent and time.monotonic() < deadline:
         time.sleep(0.1)
-    after, families, samples = scraped
-    assert after - before == sent
-    assert families >= exported_metrics(combination), exported_metrics(combination) - families
+    assert after.health_requests - before == sent
+    exported = exported_metrics(combination)
+    assert after.families >= exported, exported - after.families
+    samples = after.samples
     targets = {"app": "app:8000"}
     if worker:
-        _, worker_families, worker_samples = scrape(worker)
-        assert worker_families == {"jobs_finished", "job_duration_seconds"}
-        with urllib.request.urlopen(f"{worker}/metrics", timeout=30) as response:
-            assert 'jobs_finished_total{status="succeeded"} 1.0' in response.read().decode()
-        samples |= worker_samples
+        worker_scrape = scrape(worker)
+        assert worker_scrape.families == {"jobs_finished", "job_duration_seconds"}
+        metrics = request("GET", f"{worker}/metrics").body
+        assert 'jobs_finished_total{status="succeeded"} 1.0' in metrics
+        samples |= worker_scrape.samples
         targets["worker"] = f"worker:{WORKER_METRICS_PORT}"
     shown = dashboard_metrics(project, targets)
     assert shown and shown <= samples, shown - samples
@@ -330,11 +309,16 @@ def dashboard_metrics(project: Path, targets: dict[str, str]) -> set[str]:
     return names
 
 
-def scrape(base: str) -> tuple[float, set[str], set[str]]:
-    """The requests to /health that /metrics has counted, the metric families it exports and
-    the names of their samples."""
-    with urllib.request.urlopen(f"{base}/metrics", timeout=30) as response:
-        text = response.read().decode()
+@dataclass(frozen=True)
+class Scrape:
+    health_requests: float  # the requests to /health that /metrics has counted
+    families: set[str]  # the metric families it exports
+    samples: set[str]  # the names of their samples
+
+
+def scrape(base: str) -> Scrape:
+    """What /metrics says."""
+    text = request("GET", f"{base}/metrics").body
     counted = 0.0
     families, samples = set(), set()
     for line in text.splitlines():
@@ -348,28 +332,32 @@ def scrape(base: str) -> tuple[float, set[str], set[str]]:
                 'route="/health"' in labels
             ):
                 counted += float(sample["value"])
-    return counted, families, samples
+    return Scrape(counted, families, samples)
 
 
 def exercise_the_api(base: str) -> None:
-    status, item = request("POST", f"{base}/items", {"name": "served", "quantity": 2})
-    assert status == 201, item
-    assert request("GET", f"{base}/items/{item['id']}") == (200, item)
+    created = request("POST", f"{base}/items", {"name": "served", "quantity": 2})
+    assert created.status == 201, created
+    item = created.body
+    read = request("GET", f"{base}/items/{item['id']}")
+    assert (read.status, read.body) == (200, item)
 
-    status, job = request("POST", f"{base}/jobs", {"text": "served by gunicorn"})
-    assert status == 202, job
+    enqueued = request("POST", f"{base}/jobs", {"text": "served by gunicorn"})
+    assert enqueued.status == 202, enqueued
+    job = enqueued.body
     deadline = time.monotonic() + 60
     while job["status"] not in ("succeeded", "failed"):
         assert time.monotonic() < deadline, job
         time.sleep(0.1)
-        status, job = request("GET", f"{base}/jobs/{job['id']}")
-        assert status == 200, job
+        polled = request("GET", f"{base}/jobs/{job['id']}")
+        assert polled.status == 200, polled
+        job = polled.body
     assert job["status"] == "succeeded", job
     assert job["result"] == {"words": 3, "lines": 1, "characters": 18}
 
     # Many more concurrent requests than the workers have connections: they queue, none fails.
     def create(n: int) -> int:
-        return request("POST", f"{base}/items", {"name": f"burst-{n}"})[0]
+        return request("POST", f"{base}/items", {"name": f"burst-{n}"}).status
 
     with ThreadPoolExecutor(max_workers=24) as pool:
         statuses = list(pool.map(create, range(96)))
@@ -420,19 +408,6 @@ OVERLOAD_SECONDS = 3
 OVERLOAD_POOL_TIMEOUT = 3
 
 
-def timed_get(url: str) -> tuple[int, str | None, float]:
-    """GET `url`: its status, its Retry-After header and how long it took."""
-    started = time.monotonic()
-    try:
-        with urllib.request.urlopen(url, timeout=60) as response:
-            response.read()
-            status, retry_after = response.status, response.headers["Retry-After"]
-    except urllib.error.HTTPError as error:
-        error.read()
-        status, retry_after = error.code, error.headers["Retry-After"]
-    return status, retry_after, time.monotonic() - started
-
-
 @combinations_where(lambda c: c.database == "postgresql" and c.task_queue == "background")
 def test_overload_queues_and_never_deadlocks(
     project: Path, venv: Path, combination: Combination, tmp_path: Path
@@ -448,13 +423,14 @@ def test_overload_queues_and_never_deadlocks(
         "DB_POOL_TIMEOUT": str(OVERLOAD_POOL_TIMEOUT),
     }
     with migrated_and_served(combination, project, venv, env, tmp_path) as (base, server, log):
-        ids = [request("POST", f"{base}/items", {"name": f"item-{n}"})[1]["id"] for n in range(20)]
+        items = [request("POST", f"{base}/items", {"name": f"item-{n}"}) for n in range(20)]
+        ids = [item.body["id"] for item in items]
 
-        def client(n: int) -> list[tuple[int, str | None, float]]:
+        def client(n: int) -> list[Response]:
             answers = []
             deadline = time.monotonic() + OVERLOAD_SECONDS
             while time.monotonic() < deadline:
-                answers.append(timed_get(f"{base}/items/{ids[(n + len(answers)) % len(ids)]}"))
+                answers.append(request("GET", f"{base}/items/{ids[(n + len(answers)) % len(ids)]}"))
             return answers
 
         with ThreadPoolExecutor(max_workers=OVERLOAD_CLIENTS) as pool:
@@ -462,15 +438,15 @@ def test_overload_queues_and_never_deadlocks(
                 a for answered in pool.map(client, range(OVERLOAD_CLIENTS)) for a in answered
             ]
 
-        statuses = {status for status, _, _ in answers}
+        statuses = {answer.status for answer in answers}
         assert statuses <= {200, 503}, statuses
-        assert all(retry for status, retry, _ in answers if status == 503)
-        assert sum(status == 200 for status, _, _ in answers) >= OVERLOAD_CLIENTS
-        slowest = max(seconds for _, _, seconds in answers)
+        assert all(answer.retry_after for answer in answers if answer.status == 503)
+        assert sum(answer.status == 200 for answer in answers) >= OVERLOAD_CLIENTS
+        slowest = max(answer.seconds for answer in answers)
         assert slowest < OVERLOAD_POOL_TIMEOUT + 2, f"a request took {slowest:.1f} s"
 
-        status, _, seconds = timed_get(f"{base}/items/{ids[0]}")
-        assert (status, seconds < 1) == (200, True), (status, seconds)
+        after = request("GET", f"{base}/items/{ids[0]}")
+        assert (after.status, after.seconds < 1) == (200, True), after
         idle = (
             "SELECT count(*) FROM pg_stat_activity"
             " WHERE datname = current_database() AND state = 'idle in transaction'"
@@ -513,14 +489,15 @@ def test_a_database_restart_costs_503s_never_500s_and_the_pool_recovers(
         }
         served = migrated_and_served(combination, project, venv, env, tmp_path)
         with served as (base, server, log):
-            item = request("POST", f"{base}/items", {"name": "kept"})[1]
+            item = request("POST", f"{base}/items", {"name": "kept"}).body
             stop_loading = time.monotonic() + 8
 
             def client(n: int) -> list[tuple[float, int, str | None]]:
                 answers = []
                 while (now := time.monotonic()) < stop_loading:
                     try:
-                        status, retry_after, _ = timed_get(f"{base}/items/{item['id']}")
+                        response = request("GET", f"{base}/items/{item['id']}")
+                        status, retry_after = response.status, response.retry_after
                     except OSError as error:  # a dropped connection: counted, never allowed
                         status, retry_after = 0, str(error)
                     answers.append((now, status, retry_after))
@@ -543,8 +520,11 @@ def test_a_database_restart_costs_503s_never_500s_and_the_pool_recovers(
             assert all(retry for _, status, retry in answers if status == 503)
             recovered = [status for at, status, _ in answers if at > restarted + 1]
             assert recovered and set(recovered) == {200}, counts
-            assert ready_while_down == (503, {"status": "unavailable", "unavailable": ["database"]})
-            assert request("GET", f"{base}/health/ready")[0] == 200
+            assert (ready_while_down.status, ready_while_down.body) == (
+                503,
+                {"status": "unavailable", "unavailable": ["database"]},
+            )
+            assert request("GET", f"{base}/health/ready").status == 200
             stop_cleanly(server, log)
 
 
@@ -671,7 +651,7 @@ def worker_dies_mid_task(
     url = env["DATABASE_URL"]
     with migrated_and_served(combination, project, venv, env, tmp_path) as (base, server, log):
         # Each job is queued and its row locked before a worker is started to take it.
-        job = request("POST", f"{base}/jobs", {"text": "a pool process dies"})[1]
+        job = request("POST", f"{base}/jobs", {"text": "a pool process dies"}).body
         with ExitStack() as lock:
             lock.enter_context(row_locked(url, job["id"]))
             with celery_worker(project, venv, env, tmp_path / "celery-1.log") as worker:
@@ -682,7 +662,7 @@ def worker_dies_mid_task(
                 wait_until_succeeded(combination, url, job["id"])
                 assert worker.poll() is None, (tmp_path / "celery-1.log").read_text()
 
-        job = request("POST", f"{base}/jobs", {"text": "the whole worker dies"})[1]
+        job = request("POST", f"{base}/jobs", {"text": "the whole worker dies"}).body
         with ExitStack() as lock:
             lock.enter_context(row_locked(url, job["id"]))
             with celery_worker(project, venv, env, tmp_path / "celery-2.log") as worker:
@@ -725,7 +705,7 @@ def test_a_job_the_broker_lost_is_queued_again_and_succeeds(
         }
         url = env["DATABASE_URL"]
         with migrated_and_served(combination, project, venv, env, tmp_path) as (base, server, log):
-            job = request("POST", f"{base}/jobs", {"text": "the broker forgets me"})[1]
+            job = request("POST", f"{base}/jobs", {"text": "the broker forgets me"}).body
             broker.stop()
             broker.start()
             with celery_worker(project, venv, env, tmp_path / "celery.log"):
@@ -766,7 +746,7 @@ def test_a_job_whose_web_worker_dies_mid_task_is_found_lost_and_runs_again(
     log = tmp_path / "gunicorn.log"
     with served_in_a_group_of_its_own(project, venv, env, log) as (base, server):
         query(combination, url, HOLD_JOB_UPDATES)
-        job = request("POST", f"{base}/jobs", {"text": "my worker dies"})[1]
+        job = request("POST", f"{base}/jobs", {"text": "my worker dies"}).body
         wait_for(lambda: query(combination, url, running) == ["1"], "the job is mid-task")
         (worker,) = children(server.pid)
         os.kill(worker, signal.SIGKILL)
@@ -798,28 +778,27 @@ def test_with_the_broker_down_a_job_answers_503_at_once_and_leaves_no_row(
         with migrated_and_served(combination, project, venv, env, tmp_path) as (base, server, log):
             accepted = request("POST", f"{base}/jobs", {"text": "accepted"})
             broker.stop()
-            answers = []
-            for n in range(BROKER_DOWN_POSTS):
-                started = time.monotonic()
-                status, retry_after, _ = timed_post(f"{base}/jobs", {"text": f"refused {n}"})
-                answers.append((status, retry_after, time.monotonic() - started))
+            answers = [
+                request("POST", f"{base}/jobs", {"text": f"refused {n}"})
+                for n in range(BROKER_DOWN_POSTS)
+            ]
             ready = request("GET", f"{base}/health/ready")
             broker.start()
             accepted_again = request("POST", f"{base}/jobs", {"text": "accepted again"})
             if combination.broker_service == "rabbitmq":
                 with celery_worker(project, venv, env, tmp_path / "celery.log"):
-                    for job in (accepted[1], accepted_again[1]):
+                    for job in (accepted.body, accepted_again.body):
                         wait_until_succeeded(combination, url, job["id"])
             stop_cleanly(server, log)
 
-    assert [(status, bool(retry)) for status, retry, _ in answers] == [
+    assert [(answer.status, bool(answer.retry_after)) for answer in answers] == [
         (503, True)
     ] * BROKER_DOWN_POSTS, log.read_text()[-3000:]
-    slowest = max(seconds for _, _, seconds in answers)
+    slowest = max(answer.seconds for answer in answers)
     assert slowest < 2, f"a refused job took {slowest:.1f} s"
     assert query(combination, url, "SELECT count(*) FROM jobs") == ["2"]
-    assert ready == (503, {"status": "unavailable", "unavailable": ["broker"]})
-    assert accepted[0] == accepted_again[0] == 202
+    assert (ready.status, ready.body) == (503, {"status": "unavailable", "unavailable": ["broker"]})
+    assert accepted.status == accepted_again.status == 202
 
 
 @contextmanager
@@ -842,18 +821,6 @@ def broker_setting(combination: Combination, server: services.Server) -> dict[st
     return {f"{combination.celery_broker.upper()}_URL": server.url}
 
 
-def timed_post(url: str, body: dict[str, Any]) -> tuple[int, str | None, Any]:
-    """POST `body` to `url`: its status, its Retry-After header and its body."""
-    req = urllib.request.Request(
-        url, data=json.dumps(body).encode(), headers={"Content-Type": "application/json"}
-    )
-    try:
-        with urllib.request.urlopen(req, timeout=60) as response:
-            return response.status, response.headers["Retry-After"], json.loads(response.read())
-    except urllib.error.HTTPError as error:
-        return error.code, error.headers["Retry-After"], json.loads(error.read() or b"null")
-
-
 DRAIN_SECONDS = 2
 SIGTERM_CLIENTS = 16
 
@@ -862,13 +829,11 @@ def process_group(pgid: int, zombies: bool = True) -> dict[int, int]:
     """The processes of this process group (with `zombies=False`, those that have not yet
     exited): each one's parent."""
     found = {}
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        if int(fields[2]) == pgid and (zombies or fields[0] != "Z"):
-            found[int(stat.parent.name)] = int(fields[1])
+    for process in psutil.process_iter(["ppid", "status"]):
+        with contextlib.suppress(ProcessLookupError):
+            in_group = os.getpgid(process.pid) == pgid
+            if in_group and (zombies or process.info["status"] != psutil.STATUS_ZOMBIE):
+                found[process.pid] = process.info["ppid"]
     return found
 
 
@@ -942,7 +907,7 @@ def test_signals_fail_no_request_and_leave_no_process_behind(
             while signalled_at is None or time.monotonic() < signalled_at + 0.5:
                 sent = time.monotonic()
                 try:
-                    status: int | str = request("GET", f"{base}/health")[0]
+                    status: int | str = request("GET", f"{base}/health").status
                 except OSError as error:
                     status = type(error).__name__
                 answers.append((sent, status))
