@@ -101,8 +101,12 @@ class Server:
         )
 
     def start(self) -> None:
+        self.launch(self.executor)
+
+    def launch(self, executor: TCPExecutor) -> None:
+        """Start one of the server's processes, and wait until it listens."""
         try:
-            self.executor.start()
+            executor.start()
         except ExecutorError as exc:
             raise ServiceError(f"{self.name} did not start ({exc}):\n{self.logs()}") from exc
 
@@ -270,7 +274,7 @@ class RabbitMQ(Server):
     def start(self) -> None:
         """Start the server, and its port mapper first if it is not running."""
         if not self.epmd.running():
-            self.epmd.start()
+            self.launch(self.epmd)
         super().start()
 
     def logs(self) -> str:
