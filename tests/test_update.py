@@ -176,6 +176,42 @@ def check_update_from_the_previous_release(
     assert_same_tree(project, expected)
 
 
+# Code of the previous release that now lives in another file (main.py's exception handlers
+# moved to errors.py), or in another template (the SQLAlchemy db.py of each mode, now one).
+MOVED_CODE_EDITS = {
+    "main.py": (
+        '"All database connections are busy; try again shortly"',
+        '"Every connection is taken: the user\'s own words"',
+    ),
+    "db.py": (
+        "Sessions that keep loaded attributes after commit",
+        "The user's own sessions, which keep loaded attributes after commit",
+    ),
+}
+
+
+@for_combination(combination_with(database="postgresql", db_mode="sync"))
+def test_an_edit_to_code_that_moved_is_kept_through_the_update(
+    template_repo: releases.TemplateRepo, combination: Combination, tmp_path: Path
+) -> None:
+    """An edit of the user's to code the template has since moved or merged is never lost: it
+    stays in the file where the user made it, as a conflict at worst."""
+    answers = answers_for(combination)
+    previous = template_repo.previous.tag
+    project = generate(tmp_path / "project", answers, template_repo.path, previous)
+    package = project / "src" / SLUG
+    for name, (old, new) in MOVED_CODE_EDITS.items():
+        text = (package / name).read_text()
+        assert old in text, name
+        (package / name).write_text(text.replace(old, new))
+    git(project, "commit", "--quiet", "-am", "The user's edits")
+
+    update(project)
+
+    for name, (_, new) in MOVED_CODE_EDITS.items():
+        assert new in (package / name).read_text(), name
+
+
 # --- a production database of the previous release --------------------------------------------
 
 
