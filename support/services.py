@@ -212,11 +212,18 @@ class AMQPExecutor(TCPExecutor):
         return amqp_answers(self.port)
 
 
+# The accounts the generated projects' CI workflow (template/.github/workflows/ci.yml.jinja) gives
+# its tests, which the suite's own servers accept too: each combination's own tests run with the
+# environment that workflow sets (tests/test_combinations.py), credentials and all.
+WORKFLOW_ACCOUNTS = {"mysql": ("root", "mysql"), "rabbitmq": ("ci", "ci")}
+
+
 class RabbitMQ(Server):
     """A RabbitMQ server with an Erlang port mapper of its own (Erlang would otherwise start one
     on port 4369, which outlives the server); a restart keeps its durable queues and their
-    persistent messages. Its one user, `tests`, has a password hard to guess (as production
-    settings demand) and every right on the virtual hosts "/" and "1" to RABBITMQ_VHOSTS."""
+    persistent messages. Its user `tests` has a password hard to guess (as production settings
+    demand), and the generated workflow's user (WORKFLOW_ACCOUNTS) the workflow's password; both
+    have every right on the virtual hosts "/" and "1" to RABBITMQ_VHOSTS."""
 
     name = "RabbitMQ"
 
@@ -227,18 +234,24 @@ class RabbitMQ(Server):
         password = secrets.token_hex(16)
         self.url = f"amqp://tests:{password}@{HOST}:{self.port}//"
         vhosts = ["/", *map(str, range(1, RABBITMQ_VHOSTS + 1))]
+        accounts = {
+            "tests": password,
+            WORKFLOW_ACCOUNTS["rabbitmq"][0]: WORKFLOW_ACCOUNTS["rabbitmq"][1],
+        }
         definitions = {
             "users": [
                 {
-                    "name": "tests",
-                    "password_hash": rabbitmq_password_hash(password),
+                    "name": user,
+                    "password_hash": rabbitmq_password_hash(secret),
                     "hashing_algorithm": "rabbit_password_hashing_sha256",
-                    "tags": ["administrator"],
+                    "tags": ["administrator"] if user == "tests" else [],
                 }
+                for user, secret in accounts.items()
             ],
             "vhosts": [{"name": vhost} for vhost in vhosts],
             "permissions": [
-                {"user": "tests", "vhost": vhost, "configure": ".*", "write": ".*", "read": ".*"}
+                {"user": user, "vhost": vhost, "configure": ".*", "write": ".*", "read": ".*"}
+                for user in accounts
                 for vhost in vhosts
             ],
         }
@@ -288,8 +301,9 @@ class RabbitMQ(Server):
 
 class MariaDB(Server):
     """A MariaDB server; its user `tests` has a password hard to guess (as production settings
-    demand) and may create databases. It stops by a normal shutdown: it closes its clients'
-    connections and stops."""
+    demand) and may create databases, as may the generated workflow's user (WORKFLOW_ACCOUNTS)
+    from this machine, with the workflow's password. It stops by a normal shutdown: it closes
+    its clients' connections and stops."""
 
     name = "MariaDB"
 
@@ -315,9 +329,13 @@ class MariaDB(Server):
             capture_output=True,
         )
         password = secrets.token_hex(16)
+        user, workflow_password = WORKFLOW_ACCOUNTS["mysql"]
         (workdir / "init.sql").write_text(
             f"CREATE USER IF NOT EXISTS 'tests'@'%' IDENTIFIED BY '{password}';\n"
             "GRANT ALL PRIVILEGES ON *.* TO 'tests'@'%';\n"
+            f"CREATE USER IF NOT EXISTS '{user}'@'{HOST}';\n"
+            f"ALTER USER '{user}'@'{HOST}' IDENTIFIED BY '{workflow_password}';\n"
+            f"GRANT ALL PRIVILEGES ON *.* TO '{user}'@'{HOST}' WITH GRANT OPTION;\n"
         )
         self.url = f"mysql://tests:{password}@{HOST}:{self.port}/mysql"
         command = [program, *options, f"--port={self.port}", f"--bind-address={HOST}"]

@@ -8,24 +8,20 @@ xdist worker (`--dist loadgroup`).
 from __future__ import annotations
 
 import ast
-import contextlib
-import fcntl
 import json
 import os
 import re
 import subprocess
 import sys
-import tempfile
 import tomllib
 from pathlib import Path
-from urllib.parse import unquote, urlsplit, urlunsplit
+from urllib.parse import urlsplit, urlunsplit
 
-import pymysql
-import pytest
 import yaml
 
 from support.combinations import Combination, combination_with
-from support.databases import migrate_command, mysql_connection
+from support.databases import migrate_command
+from support.services import WORKFLOW_ACCOUNTS
 from tests.combinations import (
     broker_aside,
     combination_param,
@@ -42,7 +38,6 @@ from tests.projects import (
     project_env,
     run,
     sqlite_url,
-    suite_service,
 )
 
 JINJA_LEFTOVER = re.compile(r"\{\{|\{%|%\}|\{#")
@@ -320,9 +315,9 @@ def workflow_env(project: Path, combination: Combination) -> dict[str, str]:
     """The environment the project's CI workflow gives its tests (`jobs.check.env`), each
     server's URL moved to the suite's server of its kind and to a database, Redis database or
     RabbitMQ virtual host of the combination's own, with the workflow's scheme, user and
-    password, which that server is made to accept. (PostgreSQL needs nothing: the suite's own
-    server trusts local connections, and GitHub's job gives its server the workflow's password;
-    the workflow's Redis has no password.)"""
+    password. The suite's own servers accept those (support.services.WORKFLOW_ACCOUNTS; its
+    PostgreSQL trusts local connections, the workflow's Redis has no password), as do the
+    services of this repository's GitHub workflow."""
     workflow = yaml.safe_load((project / ".github" / "workflows" / "ci.yml").read_text())
     env = {name: str(value) for name, value in workflow["jobs"]["check"].get("env", {}).items()}
     places = broker_env(combination)
@@ -330,10 +325,12 @@ def workflow_env(project: Path, combination: Combination) -> dict[str, str]:
         places["DATABASE_URL"] = database_url_for(combination)
     for variable, place in places.items():
         env[variable] = moved(env[variable], place)
-    if combination.database == "mysql":
-        mysql_accepts(env["DATABASE_URL"])
-    if combination.broker_service == "rabbitmq":
-        rabbitmq_accepts(env["RABBITMQ_URL"])
+    # The accounts the suite's own servers were given: a workflow that names others fails here.
+    accounts = {"DATABASE_URL": combination.database, "RABBITMQ_URL": "rabbitmq"}
+    for variable, service in accounts.items():
+        if variable in env and service in WORKFLOW_ACCOUNTS:
+            url = urlsplit(env[variable])
+            assert (url.username, url.password) == WORKFLOW_ACCOUNTS[service], env[variable]
     return env
 
 
@@ -344,100 +341,6 @@ def moved(url: str, place: str) -> str:
     location = target.netloc.rpartition("@")[2]
     netloc = f"{credentials}@{location}" if credentials else location
     return urlunsplit(parts._replace(netloc=netloc, path=target.path))
-
-
-def mysql_logs_in(url: str) -> bool:
-    """Whether the MySQL server at `url` accepts its user and password."""
-    try:
-        mysql_connection(urlunsplit(urlsplit(url)._replace(path=""))).close()
-    except pymysql.err.OperationalError as exc:
-        if exc.args[0] != ACCESS_DENIED:
-            raise
-        return False
-    return True
-
-
-ACCESS_DENIED = 1045
-
-
-def mysql_accepts(url: str) -> None:
-    """Make the suite's MariaDB accept `url`'s user and password from this machine: the account
-    its connections match is given that password, through MYSQL_URL's connection (its CREATE
-    USER privilege allows that). The workflow's user is root, which the suite's own server has
-    for 127.0.0.1 without a password; GitHub's job gives its server the workflow's."""
-    if mysql_logs_in(url):
-        return
-    parts, admin = urlsplit(url), suite_service("MYSQL_URL")
-    user, password = unquote(parts.username or ""), unquote(parts.password or "")
-    if unquote(urlsplit(admin).username or "") == user:
-        pytest.fail(f"MYSQL_URL's user is {user}, with another password than {url}'s")
-    with contextlib.closing(mysql_connection(admin)) as connection, connection.cursor() as cursor:
-        # The host the server sees this machine's connections come from.
-        cursor.execute("SELECT SUBSTRING_INDEX(USER(), '@', -1)")
-        ((host,),) = cursor.fetchall()
-        cursor.execute("SELECT host FROM mysql.user WHERE user = %s", (user,))
-        hosts = {row[0] for row in cursor.fetchall()}
-        account = host if host in hosts else "%"
-        if account not in hosts:
-            pytest.fail(f"The server at MYSQL_URL has no account {user}@{host} for {url}")
-        cursor.execute("ALTER USER %s@%s IDENTIFIED BY %s", (user, account, password))
-    assert mysql_logs_in(url), url
-
-
-# RabbitMQ's command line (the real script, not Debian's wrapper, which runs it as the
-# rabbitmq user).
-RABBITMQCTL = "/usr/lib/rabbitmq/bin/rabbitmqctl"
-
-
-def rabbitmq_accepts(url: str) -> None:
-    """Make the suite's RabbitMQ accept `url`'s user and password, with every right on its
-    virtual host: rabbitmqctl imports them, in the environment the server runs in (its HOME
-    holds the node's Erlang cookie; its port mapper's port, its node name)."""
-    parts = urlsplit(url)
-    node = rabbitmq_node(parts.port)
-    if node is None:
-        pytest.fail(f"No RabbitMQ of the suite's listens on port {parts.port} to accept {url}")
-    user = unquote(parts.username or "")
-    definitions = {
-        "users": [{"name": user, "password": unquote(parts.password or ""), "tags": []}],
-        "permissions": [
-            {
-                "user": user,
-                "vhost": unquote(parts.path[1:]),
-                "configure": ".*",
-                "write": ".*",
-                "read": ".*",
-            }
-        ],
-    }
-    # One import at a time (a lock on the server's directory): two creating the same user at
-    # once, one fails.
-    directory = os.open(node["HOME"], os.O_RDONLY)
-    try:
-        fcntl.flock(directory, fcntl.LOCK_EX)
-        with tempfile.NamedTemporaryFile("w", suffix=".json") as file:
-            json.dump(definitions, file)
-            file.flush()
-            run([RABBITMQCTL, "import_definitions", file.name], Path(node["HOME"]), node)
-    finally:
-        os.close(directory)
-
-
-# What rabbitmqctl needs of its node's environment (the rest, such as the variables the server's
-# scripts set for themselves, would mislead it).
-NODE_VARIABLES = ("HOME", "ERL_EPMD_PORT", "RABBITMQ_NODENAME")
-
-
-def rabbitmq_node(port: int | None) -> dict[str, str] | None:
-    """The NODE_VARIABLES of the RabbitMQ server on this machine that listens on `port` (from
-    one of its processes), or None."""
-    for environ in Path("/proc").glob("[0-9]*/environ"):
-        with contextlib.suppress(OSError):
-            entries = environ.read_bytes().decode(errors="replace").split("\0")
-            env = dict(entry.split("=", 1) for entry in entries if "=" in entry)
-            if env.get("RABBITMQ_NODE_PORT") == str(port) and set(NODE_VARIABLES) <= set(env):
-                return {name: env[name] for name in NODE_VARIABLES}
-    return None
 
 
 UNREACHABLE = {
