@@ -86,9 +86,11 @@ def test_answers_file_is_written(project: Path, combination: Combination) -> Non
 @combination_param
 def test_files_match_the_combination(project: Path, combination: Combination) -> None:
     package = project / "src" / SLUG
-    for name in ("worker.py", "worker_main.py"):
+    for name in ("worker.py", "worker_main.py", "jobqueue.py"):
         assert (package / name).exists() == (combination.task_queue == "celery"), name
-    for name in ("main.py", "settings.py", "db.py", "models.py", "schemas.py", "jobs.py"):
+    for name in ("main.py", "errors.py", "routing.py", "settings.py", "db.py", "models.py"):
+        assert (package / name).is_file(), name
+    for name in ("schemas.py", "jobs.py", "jobstate.py"):
         assert (package / name).is_file(), name
     for name in ("items.py", "jobs.py", "health.py"):
         assert (package / "routes" / name).is_file(), name
@@ -106,6 +108,9 @@ def test_files_match_the_combination(project: Path, combination: Combination) ->
     ):
         assert (project / name).is_file(), name
     assert (package / "migrations.py").exists() == (combination.orm == "tortoise")
+    # Where a URL can carry a password, production refuses a weak one.
+    has_secrets = combination.database_server or combination.task_queue == "celery"
+    assert (package / "passwords.py").exists() == has_secrets
     migrations = project / "migrations"
     if combination.orm == "sqlalchemy":
         assert (migrations / "env.py").is_file()

@@ -222,17 +222,19 @@ def test_a_production_database_of_the_previous_release_keeps_its_rows_through_th
     combination: Combination, template_repo: releases.TemplateRepo, tmp_path: Path
 ) -> None:
     """What the changelog tells users to do after updating: apply the migrations to the
-    database the previous release's app created its tables in. The rows stay, and the ORM's
-    tool finds the schema and the models in agreement."""
+    production database of the previous release, whose schema its own migrations made (in
+    production, migrations own the schema). The rows stay, and the ORM's tool finds the schema
+    and the models in agreement."""
     previous = template_repo.previous.tag
     project = generate(tmp_path / "project", answers_for(combination), template_repo.path, previous)
     url = empty_database(combination, "previous", tmp_path)
     env = database_env(url, "production")
-    sync(project, env)
+    previous_venv = sync(project, env)
     git(project, "add", "-A")
     git(project, "commit", "--quiet", "-m", "Lock the dependencies")
-    # The previous release's app, creating its tables at start-up.
-    start_up(project, {**env, "DB_CREATE_TABLES": "true"}, tmp_path)
+    run(migrate_command(combination, previous_venv), project, env)
+    # The previous release's app serves over it.
+    start_up(project, env, tmp_path)
     query(combination, url, "INSERT INTO items (name, quantity) VALUES ('kept', 3)")
 
     update(project)
