@@ -261,9 +261,10 @@ class Shown:
 ANSWER_DEFAULTS = {"celery_broker": "redis", "workers": 0}
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def shown_projects(tmp_path_factory: pytest.TempPathFactory) -> list[Shown]:
-    """Every project the pages show, rendered."""
+    """Every project the pages show, rendered once per process: the worker that runs the docs
+    tests may run other tests between them, which would end a fixture of the module's."""
     projects = []
     for number, (name, data) in enumerate(SHOWN):
         project = render(tmp_path_factory.mktemp(f"shown-{number}") / "my-service", data)
@@ -277,7 +278,7 @@ def shown_projects(tmp_path_factory: pytest.TempPathFactory) -> list[Shown]:
     return projects
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def generated_sources(shown_projects: list[Shown]) -> list[Source]:
     """Every file of the projects the pages show, each distinct text once."""
     sources: dict[str, Source] = {}
