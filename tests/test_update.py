@@ -16,7 +16,13 @@ import copier
 import pytest
 import yaml
 
-from support.combinations import COMBINATIONS, Combination, combination_with, render
+from support.combinations import (
+    COMBINATIONS,
+    REPO_ROOT,
+    Combination,
+    combination_with,
+    render,
+)
 from support.databases import migrate_command
 from tests import releases
 from tests.combinations import broker_aside, combinations_where, for_combination
@@ -215,8 +221,12 @@ def test_an_edit_to_code_that_moved_is_kept_through_the_update(
 # --- a production database of the previous release --------------------------------------------
 
 
+# SQLAlchemy's migrations are the same files in both modes (only env.py, which every
+# combination's own migrations test runs, differs): the async projects stand for the sync ones.
 @combinations_where(
-    lambda c: c.task_queue == "background" and releases.offered_by_previous_release(c)
+    lambda c: (
+        c.task_queue == "background" and c.is_async and releases.offered_by_previous_release(c)
+    )
 )
 def test_a_production_database_of_the_previous_release_keeps_its_rows_through_the_migrations(
     combination: Combination, template_repo: releases.TemplateRepo, tmp_path: Path
@@ -242,6 +252,16 @@ def test_a_production_database_of_the_previous_release_keeps_its_rows_through_th
     run(migrate_command(combination, venv), project, env)
     check_output_is_clean(combination, run(check_command(combination, venv), project, env))
     assert query(combination, url, "SELECT name, quantity FROM items") == ["kept|3"]
+
+
+def test_sqlalchemys_migrations_are_the_same_in_both_modes() -> None:
+    """What lets the async projects stand for the sync ones above."""
+    (versions,) = (REPO_ROOT / "template").glob("*migrations*/versions")
+    assert "alembic" in (versions.parent / "env.py.jinja").read_text()
+    templates = list(versions.iterdir())
+    assert templates
+    for template in templates:
+        assert "db_mode" not in template.name + template.read_text(), template.name
 
 
 # --- a conflict ------------------------------------------------------------------------------
