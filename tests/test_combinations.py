@@ -19,7 +19,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 import yaml
 
-from support.combinations import Combination, combination_with
+from support.combinations import Combination, combination_with, render
 from support.databases import migrate_command
 from support.services import WORKFLOW_ACCOUNTS
 from tests.combinations import (
@@ -312,8 +312,61 @@ def test_own_test_suite_passes(project: Path, venv: Path, combination: Combinati
     """With the environment the project's own CI workflow sets, as its users run it: against
     SQLite, or a real PostgreSQL or MariaDB; the Celery combinations with a real worker and a
     real Redis or RabbitMQ (a database or virtual host of their own, so that parallel runs do
-    not share a queue)."""
-    assert_own_tests_pass(project, workflow_env(project, combination))
+    not share a queue). A RabbitMQ project runs the tests its broker reaches (BROKER_TESTS);
+    the rest of its suite is its Redis twin's, byte for byte."""
+    paths = () if broker_aside(combination) else BROKER_TESTS
+    assert_own_tests_pass(project, workflow_env(project, combination), *paths)
+
+
+# A RabbitMQ project differs from its Redis twin only in these files (checked below), which these
+# of its own tests exercise: what its twin's whole suite covers, it runs once.
+BROKER_TESTS = (
+    "tests/test_health.py",
+    "tests/test_jobs.py",
+    "tests/test_settings.py",
+    "tests/test_worker.py",
+)
+BROKER_FILES = {
+    ".env.example",
+    ".github/workflows/ci.yml",
+    "README.md",
+    "compose.yaml",
+    "pyproject.toml",
+    f"src/{SLUG}/jobqueue.py",
+    f"src/{SLUG}/passwords.py",
+    f"src/{SLUG}/reconcile.py",
+    f"src/{SLUG}/settings.py",
+    "tests/conftest.py",
+    "tests/test_health.py",
+    "tests/test_settings.py",
+}
+
+
+@combinations_where(lambda c: not broker_aside(c))
+def test_a_rabbitmq_project_differs_from_its_redis_twin_only_where_its_broker_tests_reach(
+    project: Path, combination: Combination, tmp_path: Path
+) -> None:
+    twin = combination_with(**{**combination.data, "celery_broker": "redis"})
+    other = render(tmp_path / "twin", answers_for(twin))
+    differing = {
+        name
+        for name in sorted(tracked_files(project) | tracked_files(other))
+        if not (project / name).is_file()
+        or not (other / name).is_file()
+        or (project / name).read_bytes() != (other / name).read_bytes()
+    }
+    assert differing - {".copier-answers.yml"} == BROKER_FILES
+    for name in BROKER_TESTS:
+        assert (project / name).is_file(), name
+
+
+def tracked_files(project: Path) -> set[str]:
+    """The project's files, as rendered (not what installing or checking it made)."""
+    return {
+        path.relative_to(project).as_posix()
+        for path in project.rglob("*")
+        if path.is_file() and not GENERATED_LATER & set(path.relative_to(project).parts)
+    }
 
 
 def workflow_env(project: Path, combination: Combination) -> dict[str, str]:
