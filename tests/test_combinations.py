@@ -54,16 +54,24 @@ GENERATED_LATER = {
 }
 
 
+def rendered_files(project: Path) -> set[str]:
+    """The project's files, as rendered (not what installing or checking it made)."""
+    return {
+        path.relative_to(project).as_posix()
+        for path in project.rglob("*")
+        if path.is_file() and not GENERATED_LATER & set(path.relative_to(project).parts)
+    }
+
+
 # --- rendering -------------------------------------------------------------------------------
 
 
 @combination_param
 def test_no_template_syntax_is_left(project: Path) -> None:
     leftovers = [
-        f"{path.relative_to(project)}:{number}: {line.strip()}"
-        for path in project.rglob("*")
-        if path.is_file() and not GENERATED_LATER & set(path.relative_to(project).parts)
-        for number, line in enumerate(path.read_text().splitlines(), 1)
+        f"{name}:{number}: {line.strip()}"
+        for name in sorted(rendered_files(project))
+        for number, line in enumerate((project / name).read_text().splitlines(), 1)
         if JINJA_LEFTOVER.search(line)
     ]
     assert not leftovers, "\n".join(leftovers)
@@ -350,7 +358,7 @@ def test_a_rabbitmq_project_differs_from_its_redis_twin_only_where_its_broker_te
     other = render(tmp_path / "twin", answers_for(twin))
     differing = {
         name
-        for name in sorted(tracked_files(project) | tracked_files(other))
+        for name in rendered_files(project) | rendered_files(other)
         if not (project / name).is_file()
         or not (other / name).is_file()
         or (project / name).read_bytes() != (other / name).read_bytes()
@@ -358,15 +366,6 @@ def test_a_rabbitmq_project_differs_from_its_redis_twin_only_where_its_broker_te
     assert differing - {".copier-answers.yml"} == BROKER_FILES
     for name in BROKER_TESTS:
         assert (project / name).is_file(), name
-
-
-def tracked_files(project: Path) -> set[str]:
-    """The project's files, as rendered (not what installing or checking it made)."""
-    return {
-        path.relative_to(project).as_posix()
-        for path in project.rglob("*")
-        if path.is_file() and not GENERATED_LATER & set(path.relative_to(project).parts)
-    }
 
 
 def workflow_env(project: Path, combination: Combination) -> dict[str, str]:
