@@ -3,6 +3,7 @@ template (this repository's working tree) for one of them."""
 
 from __future__ import annotations
 
+import atexit
 import itertools
 import os
 import tempfile
@@ -85,11 +86,14 @@ def combination_with(**answers: str) -> Combination:
 
 
 def isolated_copier_settings() -> None:
-    """Keep the user's own copier settings (defaults, trust) out of every render."""
+    """Keep the user's own copier settings (defaults, trust) out of every render: an empty
+    settings file, removed when the process that made it exits (processes it starts, such as
+    xdist's workers, inherit it)."""
     if "COPIER_SETTINGS_PATH" not in os.environ:
         handle, path = tempfile.mkstemp(prefix="copier-settings-", suffix=".yml")
         os.write(handle, b"{}\n")
         os.close(handle)
+        atexit.register(os.remove, path)
         os.environ["COPIER_SETTINGS_PATH"] = path
 
 

@@ -25,6 +25,10 @@ def pytest_configure(config: pytest.Config) -> None:
     The URLs go into the environment, which the workers inherit.
     """
     isolated_copier_settings()
+    # Every process the run starts caches the bytecode of what it imports, as on a user's
+    # machine, even where the environment turns that off: the processes of this repository's
+    # environment and of each project's import the same modules again and again.
+    os.environ["PYTHONDONTWRITEBYTECODE"] = ""
     # Projects become git repositories (copier update needs one): commits need an author.
     for variable, value in {
         "GIT_AUTHOR_NAME": "copier-fastapi tests",
