@@ -100,7 +100,9 @@ def test_files_match_the_combination(project: Path, combination: Combination) ->
         assert (package / name).is_file(), name
     for name in ("schemas.py", "jobs.py", "jobstate.py"):
         assert (package / name).is_file(), name
-    for name in ("items.py", "jobs.py", "health.py"):
+    for name in ("live.py", "changefeed.py", "changes.py", "news.py"):
+        assert (package / name).is_file(), name
+    for name in ("items.py", "jobs.py", "live.py", "health.py"):
         assert (package / "routes" / name).is_file(), name
     for name in (
         "pyproject.toml",
@@ -125,11 +127,13 @@ def test_files_match_the_combination(project: Path, combination: Combination) ->
         assert sorted(p.name for p in (migrations / "versions").iterdir()) == [
             "0001_create_items_and_jobs.py",
             "0002_record_job_attempts_and_changes.py",
+            "0003_record_changes_for_live_clients.py",
         ]
     else:
         assert sorted(p.name for p in (migrations / "models").iterdir()) == [
             "0_20261121000000_init.py",
             "1_20261123000000_record_job_attempts_and_changes.py",
+            "2_20261207000000_record_changes_for_live_clients.py",
         ]
 
 
@@ -206,11 +210,15 @@ def uses_database(function: ast.FunctionDef | ast.AsyncFunctionDef, orm: str) ->
 def test_route_style_matches_the_driver(project: Path, combination: Combination) -> None:
     """async mode: every handler and DB dependency is `async def`; sync mode: those touching the
     database, or calling out through the blocking HTTP client, are plain `def` (FastAPI runs
-    them in its thread pool)."""
+    them in its thread pool). Live routes are `async def` in every mode: a stream must not hold
+    a thread of the pool for as long as its client stays."""
     package = project / "src" / SLUG
     routes = [f for path in sorted((package / "routes").glob("*.py")) for f in functions(path)]
     handlers = [f for f in routes if is_route(f)]
-    assert len(handlers) == 11, [f.name for f in handlers]
+    assert len(handlers) == 13, [f.name for f in handlers]
+    live = [f for f in functions(package / "routes" / "live.py") if is_route(f)]
+    assert {f.name for f in live} == {"job_events", "items_live"}
+    assert all(isinstance(f, ast.AsyncFunctionDef) for f in live)
     db_functions = [f for f in functions(package / "db.py") if f.name.startswith("get_")]
     database_code = [f for f in routes + db_functions if uses_database(f, combination.orm)]
     assert len(database_code) >= 8
@@ -243,7 +251,7 @@ BLOCKING_CALLS = {
 }
 
 # Receivers whose `get` is a lookup, not I/O.
-NOT_IO = {"connections", "os.environ", "scope", "self.series"}
+NOT_IO = {"connections", "message", "os.environ", "scope", "self.series"}
 
 
 @combination_param
