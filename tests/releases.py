@@ -128,9 +128,16 @@ class TemplateRepo:
     head: str  # the working tree's template, committed on top of it
 
 
-def build(dst: Path) -> TemplateRepo:
-    """A repository holding the previous release (tagged) and, on top, the working tree."""
-    previous = previous_release()
+def release(version: str) -> Release:
+    """The release of this version."""
+    (found,) = [r for r in releases() if r.version == version]
+    return found
+
+
+def build(dst: Path, previous: Release | None = None) -> TemplateRepo:
+    """A repository holding the previous release (or `previous`), tagged, and, on top, the
+    working tree."""
+    previous = previous or previous_release()
     dst.mkdir(parents=True)
     git("init", "--quiet", "--initial-branch=main", cwd=dst)
     write_files(dst, files_at(previous.commit))

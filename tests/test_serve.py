@@ -32,7 +32,7 @@ import pytest
 import yaml
 
 from support import programs, services
-from support.combinations import Combination
+from support.combinations import REPO_ROOT, Combination
 from support.databases import migrate_command
 from support.http import Response, request
 from support.services import free_port
@@ -925,3 +925,94 @@ def test_signals_fail_no_request_and_leave_no_process_behind(
         assert code == 0, log.read_text()[-3000:]
         wait_for(lambda: not process_group(server.pid), "every process has exited", timeout=10)
     assert not metrics_directory(log).exists()
+
+
+LIVE_WEBSOCKETS = 60
+LIVE_STREAMS = 20
+LIVE_CHANGES = 5
+
+
+def queued_job(combination: Combination, url: str) -> str:
+    """The id of a job stored queued, that nothing runs (reconciliation is off in the test)."""
+    job_id = uuid.uuid4()
+    # SQLAlchemy keeps a UUID in 32 hex digits on SQLite, in PostgreSQL's own type elsewhere.
+    stored = job_id.hex if combination.database == "sqlite" else str(job_id)
+    now = "'2026-01-01 00:00:00.000000'" if combination.database == "sqlite" else "now()"
+    query(
+        combination,
+        url,
+        "INSERT INTO jobs (id, status, text, attempts, updated_at) "
+        f"VALUES ('{stored}', 'queued', 'word', 0, {now})",
+    )
+    return str(job_id)
+
+
+def established(pid: int, port: int) -> int:
+    """The connections that the process `pid` holds to clients of the port."""
+    return sum(
+        1
+        for connection in psutil.Process(pid).net_connections("tcp")
+        if connection.laddr.port == port and connection.status == psutil.CONN_ESTABLISHED
+    )
+
+
+@combinations_where(
+    lambda c: c.orm == "sqlalchemy"
+    and c.task_queue == "background"
+    and (c.database, c.db_mode) in {("postgresql", "async"), ("sqlite", "sync")}
+)
+def test_live_clients_get_every_workers_changes_and_leave_as_the_drain_starts(
+    project: Path, venv: Path, combination: Combination, tmp_path: Path
+) -> None:
+    """Two workers, each holding WebSockets and SSE streams: every change made through either
+    worker reaches every WebSocket (PostgreSQL notifies the workers; SQLite's are polled). On
+    SIGTERM the streams end and the WebSockets close with 1001 as the drain starts, not at its
+    end, and gunicorn exits well before its graceful timeout, leaving no process behind."""
+    env = environment(combination, tmp_path, "live") | {
+        "WEB_CONCURRENCY": "2",
+        "GUNICORN_DRAIN_SECONDS": "4",
+        "JOB_RECONCILE_INTERVAL": "3600",
+        "MAX_LIVE_CONNECTIONS": str(LIVE_WEBSOCKETS + LIVE_STREAMS),
+    }
+    run(migrate_command(combination, venv), project, env)
+    jobs = [queued_job(combination, env["DATABASE_URL"]) for _ in range(LIVE_STREAMS)]
+    log = tmp_path / "live.log"
+    with served_in_a_group_of_its_own(project, venv, env, log) as (base, server):
+        clients = [
+            str(venv / "bin" / "python"),
+            str(REPO_ROOT / "support" / "live_clients.py"),
+            base,
+            str(LIVE_WEBSOCKETS),
+            str(LIVE_CHANGES),
+            *jobs,
+        ]
+        with subprocess.Popen(clients, stdout=subprocess.PIPE, text=True) as live:
+            assert live.stdout is not None
+            assert live.stdout.readline() == "ready\n", log.read_text()[-3000:]
+            # Both workers hold live clients.
+            port = int(base.rsplit(":", 1)[1])
+            held = [established(worker, port) for worker in children(server.pid)]
+            assert len(held) == 2 and all(held), held
+            items = [
+                json.loads(request("POST", f"{base}/items", {"name": f"item {n}"}).body)["id"]
+                for n in range(LIVE_CHANGES)
+            ]
+            assert live.stdout.readline() == "received\n", log.read_text()[-3000:]
+            signalled_at = time.time()
+            server.send_signal(signal.SIGTERM)
+            results = json.loads(live.stdout.readline())
+            code = server.wait(timeout=GRACEFUL_TIMEOUT)
+            stopped_at = time.time()
+        assert code == 0, log.read_text()[-3000:]
+        wait_for(lambda: not process_group(server.pid), "every process has exited", timeout=10)
+
+    for websocket in results["websockets"]:
+        assert websocket["items"] == items
+        assert websocket["code"] == 1001
+        assert websocket["at"] - signalled_at < 2
+    for stream in results["streams"]:
+        assert stream["status"] == 200
+        assert stream["lines"][:1] == ["event: queued"]
+        assert stream["at"] - signalled_at < 2
+    # The drain's 4 seconds, then the workers stop at once: no client holds them.
+    assert stopped_at - signalled_at < 4 + 3, log.read_text()[-3000:]

@@ -182,8 +182,9 @@ def check_update_from_the_previous_release(
     assert_same_tree(project, expected)
 
 
-# Code of the previous release that now lives in another file (main.py's exception handlers
-# moved to errors.py), or in another template (the SQLAlchemy db.py of each mode, now one).
+# Code of release 0.7.0 that 0.8.0 moved to another file (main.py's exception handlers, to
+# errors.py), or to another template (the SQLAlchemy db.py of each mode, now one).
+CODE_MOVED_SINCE = "0.7.0"
 MOVED_CODE_EDITS = {
     "main.py": (
         '"All database connections are busy; try again shortly"',
@@ -198,10 +199,11 @@ MOVED_CODE_EDITS = {
 
 @for_combination(combination_with(database="postgresql", db_mode="sync"))
 def test_an_edit_to_code_that_moved_is_kept_through_the_update(
-    template_repo: releases.TemplateRepo, combination: Combination, tmp_path: Path
+    combination: Combination, tmp_path: Path
 ) -> None:
     """An edit of the user's to code the template has since moved or merged is never lost: it
     stays in the file where the user made it, as a conflict at worst."""
+    template_repo = releases.build(tmp_path / "template", releases.release(CODE_MOVED_SINCE))
     answers = answers_for(combination)
     previous = template_repo.previous.tag
     project = generate(tmp_path / "project", answers, template_repo.path, previous)
