@@ -33,7 +33,9 @@ async def websocket_client(url: str, connected: asyncio.Event, got: list[int]) -
     return {"code": code, "at": time.time(), "items": got}
 
 
-async def sse_client(client: httpx.AsyncClient, url: str, connected: asyncio.Event) -> dict[str, Any]:
+async def sse_client(
+    client: httpx.AsyncClient, url: str, connected: asyncio.Event
+) -> dict[str, Any]:
     lines = []
     async with client.stream("GET", url) as response:
         async for line in response.aiter_lines():
@@ -47,7 +49,10 @@ async def main(base: str, websockets: int, expected: int, jobs: list[str]) -> No
     got: list[list[int]] = [[] for _ in range(websockets)]
     connected = [asyncio.Event() for _ in range(websockets + len(jobs))]
     limits = httpx.Limits(max_connections=len(jobs) + 1)
-    async with asyncio.timeout(TIMEOUT), httpx.AsyncClient(limits=limits, timeout=TIMEOUT) as client:
+    async with (
+        asyncio.timeout(TIMEOUT),
+        httpx.AsyncClient(limits=limits, timeout=TIMEOUT) as client,
+    ):
         tasks = [
             asyncio.create_task(websocket_client(ws_url, connected[i], got[i]))
             for i in range(websockets)
