@@ -177,6 +177,9 @@ def test_dependencies_are_exactly_what_the_combination_needs(
     if combination.task_queue == "celery":
         # RabbitMQ's client (py-amqp) comes with Celery; Redis' is an extra.
         expected.add("celery[redis]" if combination.celery_broker == "redis" else "celery")
+        if combination.celery_broker == "redis" and combination.database != "postgresql":
+            # The live clients' news travels through Redis (news.py), which it imports itself.
+            expected.add("redis")
     assert dependency_names(project) == expected
 
 
@@ -328,9 +331,9 @@ def test_own_test_suite_passes(project: Path, venv: Path, combination: Combinati
     """With the environment the project's own CI workflow sets, as its users run it: against
     SQLite, or a real PostgreSQL or MariaDB; the Celery combinations with a real worker and a
     real Redis or RabbitMQ (a database or virtual host of their own, so that parallel runs do
-    not share a queue). A RabbitMQ project runs the tests its broker reaches (BROKER_TESTS);
+    not share a queue). A RabbitMQ project runs the tests its broker reaches (broker_tests);
     the rest of its suite is its Redis twin's, byte for byte."""
-    paths = () if broker_aside(combination) else BROKER_TESTS
+    paths = () if broker_aside(combination) else broker_tests(combination)
     assert_own_tests_pass(project, workflow_env(project, combination), *paths)
 
 
@@ -356,6 +359,27 @@ BROKER_FILES = {
     "tests/test_health.py",
     "tests/test_settings.py",
 }
+# Without PostgreSQL, the live clients' news differs too (news.py): a message on Redis for the
+# Redis twin, nothing for RabbitMQ (a poll). The RabbitMQ project's own live tests run.
+LIVE_NEWS_FILES = {
+    f"src/{SLUG}/changefeed.py",
+    f"src/{SLUG}/changes.py",
+    f"src/{SLUG}/news.py",
+    f"src/{SLUG}/worker.py",
+    "tests/test_live.py",
+}
+
+
+def broker_files(combination: Combination) -> set[str]:
+    """The files in which a RabbitMQ project differs from its Redis twin."""
+    news = LIVE_NEWS_FILES if combination.database != "postgresql" else set()
+    return BROKER_FILES | news
+
+
+def broker_tests(combination: Combination) -> tuple[str, ...]:
+    """The tests of its own that a RabbitMQ project runs: those its differences reach."""
+    news = ("tests/test_live.py",) if combination.database != "postgresql" else ()
+    return BROKER_TESTS + news
 
 
 @combinations_where(lambda c: not broker_aside(c))
@@ -371,8 +395,8 @@ def test_a_rabbitmq_project_differs_from_its_redis_twin_only_where_its_broker_te
         or not (other / name).is_file()
         or (project / name).read_bytes() != (other / name).read_bytes()
     }
-    assert differing - {".copier-answers.yml"} == BROKER_FILES
-    for name in BROKER_TESTS:
+    assert differing - {".copier-answers.yml"} == broker_files(combination)
+    for name in broker_tests(combination):
         assert (project / name).is_file(), name
 
 
