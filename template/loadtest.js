@@ -5,18 +5,39 @@
 //
 // Each virtual client sends one request after another: mostly reads of the items it created,
 // some writes, a few jobs and a little CPU-bound work, so that every pool of the service is
-// used. Watch the Grafana dashboard meanwhile (`docker compose --profile monitoring up`): the
-// README says which panel shows which bottleneck. k6 prints latency percentiles and the share
-// of failed requests at the end, and exits non-zero when that share passes 1 %.
+// used. Meanwhile LIVE_VUS live clients (20 by default) each hold a WebSocket to /items/live
+// for LIVE_HOLD seconds at a time, and count the changes they receive (`live_changes`). Watch
+// the Grafana dashboard meanwhile (`docker compose --profile monitoring up`): the README says
+// which panel shows which bottleneck. k6 prints latency percentiles and the share of failed
+// requests at the end, and exits non-zero when that share passes 1 %.
 import http from "k6/http";
+import ws from "k6/ws";
 import { check } from "k6";
+import { Counter } from "k6/metrics";
 
 const base = __ENV.BASE_URL || "http://127.0.0.1:8000";
 const json = { headers: { "Content-Type": "application/json" }, timeout: "60s" };
 
+const duration = __ENV.DURATION || "1m";
+const liveHold = parseFloat(__ENV.LIVE_HOLD || "30");
+const liveChanges = new Counter("live_changes");
+
 export const options = {
-  vus: parseInt(__ENV.VUS || "50", 10),
-  duration: __ENV.DURATION || "1m",
+  scenarios: {
+    requests: {
+      executor: "constant-vus",
+      exec: "requests",
+      vus: parseInt(__ENV.VUS || "50", 10),
+      duration,
+    },
+    live: {
+      executor: "constant-vus",
+      exec: "live",
+      vus: parseInt(__ENV.LIVE_VUS || "20", 10),
+      duration,
+      gracefulStop: `${liveHold + 5}s`,
+    },
+  },
   thresholds: { http_req_failed: ["rate<0.01"] },
   summaryTrendStats: ["med", "p(90)", "p(99)", "max"],
 };
@@ -31,7 +52,7 @@ export function setup() {
   return { ids };
 }
 
-export default function ({ ids }) {
+export function requests({ ids }) {
   const roll = Math.random();
   let response;
   if (roll < 0.8) {
@@ -48,4 +69,17 @@ export default function ({ ids }) {
     response = http.post(`${base}/compute`, body, { ...json, tags: { name: "POST /compute" } });
   }
   check(response, { "answered 2xx": (r) => r.status >= 200 && r.status < 300 });
+}
+
+export function live() {
+  const url = `${base.replace(/^http/, "ws")}/items/live`;
+  const response = ws.connect(url, {}, (socket) => {
+    socket.on("message", (message) => {
+      if (JSON.parse(message).event) {
+        liveChanges.add(1);
+      }
+    });
+    socket.setTimeout(() => socket.close(), liveHold * 1000);
+  });
+  check(response, { "live socket opened": (r) => r && r.status === 101 });
 }

@@ -379,7 +379,8 @@ def test_the_projects_own_load_test_runs_against_it(
         result = subprocess.run(
             [*k6, f"--summary-export={summary}", "loadtest.js"],
             cwd=project,
-            env={**env, "BASE_URL": base, "VUS": "8", "DURATION": "3s"},
+            env={**env, "BASE_URL": base, "VUS": "8", "DURATION": "3s", "LIVE_VUS": "4"}
+            | {"LIVE_HOLD": "2"},
             capture_output=True,
             text=True,
             timeout=120,
@@ -389,6 +390,8 @@ def test_the_projects_own_load_test_runs_against_it(
     assert metrics["http_reqs"]["count"] > 100
     assert metrics["http_req_failed"]["value"] == 0
     assert metrics["checks"]["fails"] == 0
+    # The live clients got the changes the writes made.
+    assert metrics["live_changes"]["count"] > 0
 
 
 @contextmanager
