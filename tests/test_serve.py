@@ -180,6 +180,7 @@ def test_serves_under_gunicorn(
                     exercise_the_api(base)
                     if combination.task_queue == "celery":
                         assert worker.poll() is None, (tmp_path / "celery.log").read_text()
+                        follow_a_job_to_its_end(base)
                 if override == overrides[-1]:
                     metrics_directory = check_the_metrics(
                         base, combination, log, project, worker_metrics
@@ -204,6 +205,15 @@ def test_serves_under_gunicorn(
     assert access["logger"] == "uvicorn.access", access
     assert (access["method"], access["path"], access["status"]) == ("GET", "/health", 200)
     assert {"timestamp", "level", "message", "client"} <= access.keys()
+
+
+def follow_a_job_to_its_end(base: str) -> None:
+    """A job that the Celery worker (another process) runs, followed over SSE from a web worker
+    until the stream ends with its outcome."""
+    job = request("POST", f"{base}/jobs", {"text": "followed live"}).body
+    stream = request("GET", f"{base}/jobs/{job['id']}/events")
+    assert stream.status == 200, stream
+    assert stream.body.rstrip().splitlines()[-3] == "event: succeeded", stream.body
 
 
 def assert_json_lines(log: Path, but: tuple[str, ...] = ()) -> list[dict[str, Any]]:
