@@ -1,5 +1,9 @@
 """Live clients of a served project, run by the project's own interpreter (which has httpx and
-websockets): `python live_clients.py BASE_URL WEBSOCKETS EXPECTED JOB_ID...`.
+websockets): `python -P live_clients.py BASE_URL WEBSOCKETS EXPECTED JOB_ID...`.
+
+Before the others connect, three WebSockets send what the service must refuse (a binary
+message, one over 16 KiB, one that is not a subscription), and the line `refused` gives the
+close codes they got.
 
 Opens WEBSOCKETS connections to /items/live and one SSE stream per job, prints `ready` once
 every client is connected, `received` once every WebSocket has received EXPECTED changes, and,
@@ -44,8 +48,25 @@ async def sse_client(
     return {"status": response.status_code, "at": time.time(), "lines": lines}
 
 
+BAD_MESSAGES: list[str | bytes] = [b"binary", json.dumps({"subscribe": [1] * 9000}), "{"]
+
+
+async def refused(url: str, message: str | bytes) -> int | None:
+    """The close code the service answers `message` with."""
+    async with connect(url) as websocket:
+        await websocket.recv()
+        await websocket.send(message)
+        try:
+            await websocket.recv()
+        except ConnectionClosed as closed:
+            return closed.rcvd.code if closed.rcvd else None
+    return None
+
+
 async def main(base: str, websockets: int, expected: int, jobs: list[str]) -> None:
     ws_url = base.replace("http://", "ws://") + "/items/live"
+    codes = [await refused(ws_url, message) for message in BAD_MESSAGES]
+    print("refused", json.dumps(codes), flush=True)
     got: list[list[int]] = [[] for _ in range(websockets)]
     connected = [asyncio.Event() for _ in range(websockets + len(jobs))]
     limits = httpx.Limits(max_connections=len(jobs) + 1)

@@ -983,8 +983,9 @@ def established(pid: int, port: int) -> int:
 def test_live_clients_get_every_workers_changes_and_leave_as_the_drain_starts(
     project: Path, venv: Path, combination: Combination, tmp_path: Path
 ) -> None:
-    """Two workers, each holding WebSockets and SSE streams: every change made through either
-    worker reaches every WebSocket (PostgreSQL notifies the workers; SQLite's are polled). On
+    """Two workers, each holding WebSockets and SSE streams: bad messages close a WebSocket
+    with a code, and every change made through either worker reaches every WebSocket
+    (PostgreSQL notifies the workers; SQLite's are polled). On
     SIGTERM the streams end and the WebSockets close with 1001 as the drain starts, not at its
     end, and gunicorn exits well before its graceful timeout, leaving no process behind."""
     env = environment(combination, tmp_path, "live") | {
@@ -1008,6 +1009,8 @@ def test_live_clients_get_every_workers_changes_and_leave_as_the_drain_starts(
         ]
         with subprocess.Popen(clients, stdout=subprocess.PIPE, text=True) as live:
             assert live.stdout is not None
+            # A binary message, one over 16 KiB, one that is no subscription.
+            assert live.stdout.readline() == "refused [1003, 1009, 1008]\n", log.read_text()
             assert live.stdout.readline() == "ready\n", log.read_text()[-3000:]
             # Both workers hold live clients.
             port = int(base.rsplit(":", 1)[1])
@@ -1036,3 +1039,6 @@ def test_live_clients_get_every_workers_changes_and_leave_as_the_drain_starts(
         assert stream["at"] - signalled_at < 2
     # The drain's 4 seconds, then the workers stop at once: no client holds them.
     assert stopped_at - signalled_at < 4 + 3, log.read_text()[-3000:]
+    # No error was logged: bad messages and the clients' goodbyes are part of the protocol.
+    logged = [json.loads(line) for line in log.read_text().splitlines()]
+    assert not [line for line in logged if line["level"] not in ("INFO", "DEBUG")], log.read_text()
