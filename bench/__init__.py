@@ -2,6 +2,7 @@
 
     uv run python -m bench             # the full run: about 10 minutes on 2 CPUs
     uv run python -m bench --smoke     # one stack, 1 s per load: proves the harness works
+    uv run python -m bench --live 10000  # live clients instead (bench/live.py); with --smoke too
 
 Every app reads a random row of 10,000 (`GET /items/{id}`) from the same PostgreSQL server
 (POSTGRES_URL, or one support.services starts), or, in the MySQL stacks, the same MariaDB server
@@ -24,5 +25,6 @@ BackgroundTasks and with a Celery worker of 2 processes on Redis: jobs per secon
 POST to the last job's success. Timings are only comparable within one run.
 
 Its modules: apps (the stacks and references it serves), databases (the database server they
-read from), load (k6, and the rounds of measures), jobs (jobs per second), report (the tables).
+read from), load (k6, and the rounds of measures), jobs (jobs per second), report (the tables),
+live (live clients, which live_clients.py opens and times).
 """

@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 
 import bench
-from bench import report
+from bench import live, report
 from bench.apps import STACKS, prepare
 from bench.databases import Server
 from bench.jobs import measure_jobs
@@ -29,8 +29,14 @@ def arguments(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--overload", type=int, default=300)
     parser.add_argument("--stacks", nargs="+", choices=list(STACKS), default=list(STACKS))
     parser.add_argument("--smoke", action="store_true", help="sync stack, 1 s, 8 and 40 clients")
+    parser.add_argument(
+        "--live", type=int, metavar="CLIENTS", help="measure live clients instead (bench/live.py)"
+    )
+    parser.add_argument("--hold", type=float, default=60, help="seconds live clients are held")
     args = parser.parse_args(argv)
-    if args.smoke:
+    if args.smoke and args.live:
+        args.seconds, args.hold = 1, 3
+    elif args.smoke:
         args.seconds, args.rounds, args.clients, args.overload = 1, 1, 8, 40
         args.stacks = ["sync"]
     return args
@@ -38,6 +44,8 @@ def arguments(argv: list[str]) -> argparse.Namespace:
 
 def main(argv: list[str]) -> int:
     args = arguments(argv)
+    if args.live:
+        return main_live(args.live, args.hold, args.seconds)
     plan = Load(args.clients, args.overload, args.seconds, args.rounds)
     databases = sorted({STACKS[stack].database for stack in args.stacks})
     variables = {SERVER_VARIABLES[database] for database in databases}
@@ -63,6 +71,21 @@ def main(argv: list[str]) -> int:
     print(report.table(results, args.clients))
     if jobs:
         print(f"\n{report.jobs_table(jobs)}")
+    return 0
+
+
+def main_live(clients: int, hold: float, seconds: float) -> int:
+    """The live clients' benchmark (bench/live.py)."""
+    with ensure_services(variables={"POSTGRES_URL"}) as urls, tempfile.TemporaryDirectory() as tmp:
+        workdir = Path(tmp)
+        server = Server("postgresql", urls["POSTGRES_URL"])
+        print(
+            f"# {time.strftime('%Y-%m-%d')}, {os.cpu_count()} CPUs, Python "
+            f"{platform.python_version()}, {server.version()}, {k6_version(workdir)}",
+            file=sys.stderr,
+        )
+        project, env = prepare(STACKS["async"], workdir, server)
+        print(live.table(live.measure_live(server, project, env, clients, hold, seconds, workdir)))
     return 0
 
 

@@ -38,3 +38,25 @@ def test_the_benchmark_runs_in_smoke_mode() -> None:
         assert float(row[2]) > 0 and row[6] == "0 (0)", result.stdout
     assert "x its peer" in rows[2][-1], result.stdout
     assert "x its peer" in rows[4][-1], result.stdout
+
+
+def test_the_live_benchmark_runs_in_smoke_mode() -> None:
+    """`--live` with a hundred clients: both apps hold them all, and the generated app delivers
+    the item's and the jobs' changes to every one of its clients. (The figures are the
+    benchmark's to report.)"""
+    result = subprocess.run(
+        [sys.executable, "-m", "bench", "--live", "100", "--smoke"],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    rows = [line.split(" | ") for line in result.stdout.splitlines() if line.startswith("| live")]
+    assert [row[0] for row in rows] == [
+        "| live clients (generated)",
+        "| live clients (hand-written, the common way)",
+    ], result.stdout
+    generated, hand_written = rows
+    assert generated[1] == hand_written[1] == "100 of 100", result.stdout
+    assert generated[-2].endswith("(0)") and generated[-1].endswith("(0) |"), result.stdout
