@@ -6,8 +6,8 @@ WebSockets to /items/live, half SSE streams each following a queued job of its o
 for HOLD seconds, during which the read is measured again; then one item is created (through
 the app) and a hundred jobs change (as a worker running them would change them), and each
 client's delay from the change to its arrival is taken. The table gives what the clients cost
-(memory of the service per 1,000 clients, database connections open and transactions per second
-while they are held and nothing else runs), what they do to
+(memory of the service per 1,000 clients; the database connections that listen for changes, and
+the transactions per second, while they are held and nothing else runs), what they do to
 the read (its throughput and p99 while they are held, as ratios to without), how many were
 dropped while held, and the delivery lags (median, p99, how many never got the change).
 """
@@ -43,7 +43,7 @@ class LiveResult:
     connected: int
     connect_seconds: float
     mb_per_1000: float
-    connections_open: int  # to the database, while the clients are held
+    listening: int  # connections to the database that LISTEN, while the clients are held
     idle_tps: float  # the database's transactions per second while held, with no other load
     read_rate_ratio: float
     read_p99_ratio: float
@@ -83,12 +83,11 @@ def change_jobs(server: Server, url: str, ids: list[str], generated: bool) -> No
     server.value(url, statement)
 
 
-def open_database_connections(server: Server, url: str) -> int:
-    """The connections open to the database (the harness's own aside)."""
+def listening_connections(server: Server, url: str) -> int:
+    """The connections to the database that listen for notifications."""
     name = url.rsplit("/", 1)[1]
-    return int(
-        server.value(url, f"SELECT count(*) - 1 FROM pg_stat_activity WHERE datname = '{name}'")
-    )
+    statement = "SELECT count(*) FROM pg_stat_activity WHERE query LIKE 'LISTEN%' AND datname = "
+    return int(server.value(url, f"{statement}'{name}'"))
 
 
 def transactions(server: Server, url: str) -> int:
@@ -161,7 +160,7 @@ def measure_live(
                 held_from = time.monotonic()
                 time.sleep(2)
                 rss_held = service_rss(port)
-                connections_open = open_database_connections(server, database)
+                listening = listening_connections(server, database)
                 before_idle = transactions(server, database)
                 time.sleep(seconds)
                 idle_tps = (transactions(server, database) - before_idle) / seconds
@@ -182,7 +181,7 @@ def measure_live(
             connected,
             ready["seconds"],
             (rss_held - rss_before) / 2**20 / max(connected, 1) * 1000,
-            connections_open,
+            listening,
             idle_tps,
             during["rate"] / before["rate"],
             during["p99_ms"] / before["p99_ms"],
@@ -197,7 +196,7 @@ def measure_live(
 
 def table(results: list[LiveResult]) -> str:
     lines = [
-        "| app | clients connected | s to connect | MB per 1,000 | DB connections open"
+        "| app | clients connected | s to connect | MB per 1,000 | DB connections listening"
         " | DB transactions/s (held, no load)"
         " | read req/s (held / not) | read p99 (held / not) | dropped while held"
         " | item lag p50 / p99 (missed) | job lag p50 / p99 (missed) |",
@@ -206,7 +205,7 @@ def table(results: list[LiveResult]) -> str:
     for r in results:
         lines.append(
             f"| {r.app} | {r.connected} of {r.clients} | {r.connect_seconds:.0f} | "
-            f"{r.mb_per_1000:.1f} | {r.connections_open} | {r.idle_tps:.0f} | "
+            f"{r.mb_per_1000:.1f} | {r.listening} | {r.idle_tps:.0f} | "
             f"{r.read_rate_ratio:.2f} | "
             f"{r.read_p99_ratio:.2f} | {r.dropped} | "
             f"{r.item_lag['median'] * 1000:.0f} / {r.item_lag['p99'] * 1000:.0f} ms "
