@@ -15,15 +15,21 @@ from support.combinations import REPO_ROOT
 pytestmark = pytest.mark.xdist_group("bench")
 
 
-def test_the_benchmark_runs_in_smoke_mode() -> None:
+def bench(*args: str) -> subprocess.CompletedProcess[str]:
+    """`python -m bench` with these arguments, which must succeed."""
     result = subprocess.run(
-        [sys.executable, "-m", "bench", "--smoke"],
+        [sys.executable, "-m", "bench", *args],
         cwd=REPO_ROOT,
         capture_output=True,
         text=True,
         timeout=600,
     )
     assert result.returncode == 0, result.stdout + result.stderr
+    return result
+
+
+def test_the_benchmark_runs_in_smoke_mode() -> None:
+    result = bench("--smoke")
     rows = [line.split(" | ") for line in result.stdout.splitlines() if line.startswith("| sync")]
     assert [(row[0], row[1]) for row in rows] == [
         ("| sync SQLAlchemy (hand-written)", "8"),
@@ -44,14 +50,7 @@ def test_the_live_benchmark_runs_in_smoke_mode() -> None:
     """`--live` with a hundred clients: both apps hold them all, and the generated app delivers
     the item's and the jobs' changes to every one of its clients. (The figures are the
     benchmark's to report.)"""
-    result = subprocess.run(
-        [sys.executable, "-m", "bench", "--live", "100", "--smoke"],
-        cwd=REPO_ROOT,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    assert result.returncode == 0, result.stdout + result.stderr
+    result = bench("--live", "100", "--smoke")
     rows = [line.split(" | ") for line in result.stdout.splitlines() if line.startswith("| live")]
     assert [row[0] for row in rows] == [
         "| live clients (generated)",
